@@ -1,0 +1,58 @@
+# mlrelease: `make demo` runs the whole release locally; `make test` runs the test suite.
+# Both set everything up themselves on a fresh machine with Python 3.11 and Java 17.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.9.5
+
+export MLRELEASE_HOME ?= $(CURDIR)/.mlrelease
+export UV_COMPILE_BYTECODE := 1
+export SPARK_LOCAL_IP := 127.0.0.1
+
+.PHONY: help venv demo test lint format lock mlflow-ui clean
+
+help:
+	@echo "make demo     set up and run the income_release DAG once, end to end, then print its summary"
+	@echo "make test     set up and run the tests"
+	@echo "make lint     ruff check + format check"
+	@echo "make mlflow-ui  serve the MLflow UI for MLRELEASE_HOME on http://127.0.0.1:5000"
+	@echo "make lock     re-resolve requirements.txt from requirements.in"
+	@echo "make clean    delete local state (MLRELEASE_HOME) but keep the venv"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@command -v java >/dev/null || { echo "Java 17 is required for Spark: install openjdk-17-jre-headless" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	@$(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet "uv==$(UV_VERSION)"
+	$(PYTHON) -m uv venv --seed --allow-existing --python $(PYTHON) $(VENV)
+	$(PYTHON) -m uv pip install --python $(BIN)/python -r requirements.txt
+	$(PYTHON) -m uv pip install --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+demo: venv
+	@scripts/demo.sh
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+lock:
+	$(PYTHON) -m uv pip compile --python-version 3.11 requirements.in -o requirements.txt
+
+mlflow-ui: venv
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(MLRELEASE_HOME)/mlflow.db \
+	  --default-artifact-root $(MLRELEASE_HOME)/mlartifacts
+
+clean:
+	rm -rf $(MLRELEASE_HOME)

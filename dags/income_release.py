@@ -1,0 +1,143 @@
+"""
+# income_release: nightly build and release of the Adult income classifier
+
+Retrains the **income-classifier** (does a person earn more than 50K? UCI Adult census data) every
+night and on demand, and releases it only if it is good enough.
+
+| task | what it does | on failure |
+| --- | --- | --- |
+| `validate_data` | fetches the hash-pinned Adult data (or your `data_path`/`holdout_path`), checks schema, row floor, labels, missing values and label balance, fingerprints it (sha256, rows, source) | the log lists every violated rule with its numbers; nothing downstream runs |
+| `train_candidates` | one Spark application fits every candidate; each is an MLflow child run under one parent run per DAG run | the log names the Spark application id and driver log; a retry refits only missing candidates |
+| `select_and_gate` | picks the best child run on the validation metric, then gates it on the held-out data: an absolute bar and "no worse than prod" | a rejection **skips** (does not fail) the release tasks and logs both numbers and the threshold |
+| `register_model` | registers the winner in the model registry with full lineage tags | idempotent: a retry reuses the version it made |
+| `promote_prod` | moves the registry alias `prod` to the new version and records the move in the audit log | idempotent |
+| `report` | prints the candidates table, winner, gate decision and registered version | |
+
+**Trigger with parameters** (Trigger DAG w/ config): choose candidates, the gate mode (`enforce`,
+`dry_run`, `disabled`), the quality bar and the champion tolerance, or point at your own data.
+
+Local state (MLflow store, data cache, audit log, Spark logs) lives under `MLRELEASE_HOME`.
+Runbook: see the project README, section "On call".
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, dag, task
+
+from mlrelease.airflow.operators import TrainCandidatesOperator
+from mlrelease.domain.candidates import CANDIDATES
+from mlrelease.domain.gate import GateMode
+from mlrelease.domain.selection import SELECTION_METRICS
+
+REMOTE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
+
+
+@dag(
+    dag_id="income_release",
+    schedule="0 2 * * *",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["mlrelease", "income", "release"],
+    default_args={"owner": "ml-platform", **REMOTE_RETRIES},
+    params={
+        "data_path": Param(
+            None,
+            type=["null", "string"],
+            description="Your own training data (CSV with header, or Parquet) instead of the Adult data. "
+            "Needs holdout_path too. Empty: the hash-pinned Adult data.",
+        ),
+        "holdout_path": Param(
+            None,
+            type=["null", "string"],
+            description="Your own held-out data (same columns), used only for the gate and the report.",
+        ),
+        "candidates": Param(
+            [],
+            type="array",
+            items={"type": "string", "enum": list(CANDIDATES)},
+            description="Candidates to fit (see src/mlrelease/domain/candidates.py). Empty: all defaults.",
+        ),
+        "selection_metric": Param(
+            "areaUnderROC",
+            enum=list(SELECTION_METRICS),
+            description="Validation metric that picks the winner.",
+        ),
+        "gate_mode": Param(
+            GateMode.ENFORCE.value,
+            enum=[mode.value for mode in GateMode],
+            description="enforce: a failed check stops the release. dry_run: checks are recorded but the "
+            "winner ships anyway. disabled: no checks (recorded as such on the model version).",
+        ),
+        "gate_metric": Param(
+            "areaUnderROC", enum=list(SELECTION_METRICS), description="Held-out metric the gate checks."
+        ),
+        "quality_bar": Param(
+            0.88,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Absolute bar: held-out gate metric >= this.",
+        ),
+        "champion_tolerance": Param(
+            0.005,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="The challenger may be at most this much worse than the current prod model.",
+        ),
+        "min_rows": Param(1000, type="integer", minimum=1, description="Row floor for each data set."),
+    },
+)
+def income_release():
+    @task(retries=1)
+    def validate_data(**context) -> dict:
+        from mlrelease.airflow import tasks
+
+        return tasks.validate_data(context)
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def select_and_gate(training: dict, **context) -> bool:
+        from mlrelease.airflow import tasks
+
+        return tasks.select_and_gate(training, context)
+
+    @task
+    def register_model(training: dict, fingerprint: dict, **context) -> dict:
+        from mlrelease.airflow import tasks
+
+        return tasks.register_winner(training, fingerprint, context)
+
+    @task
+    def promote_prod(registered: dict, **context) -> dict:
+        from mlrelease.airflow import tasks
+
+        return tasks.promote_prod(registered, context)
+
+    @task(trigger_rule="none_failed_min_one_success", retries=0)
+    def report(training: dict, **context) -> str:
+        from mlrelease.airflow import tasks
+
+        return tasks.report(training, context)
+
+    fingerprint = validate_data()
+    training = TrainCandidatesOperator(
+        task_id="train_candidates",
+        fingerprint=fingerprint,
+        candidates="{{ params.candidates | tojson }}",
+        execution_timeout=timedelta(hours=2),
+    )
+    gate = select_and_gate(training.output)
+    registered = register_model(training.output, fingerprint)
+    promoted = promote_prod(registered)
+    gate >> registered
+    # Not directly downstream of the gate: a short-circuit skips its direct downstream tasks, and the
+    # report must run (and say why) when the gate rejects the challenger.
+    promoted >> report(training.output)
+
+
+income_release()

@@ -1,0 +1,1 @@
+"""The only part of mlrelease that imports Airflow: operators, task bodies, links."""

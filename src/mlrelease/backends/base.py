@@ -1,0 +1,147 @@
+"""The small interfaces the pipeline talks to, so local and cloud backends are interchangeable.
+
+* :class:`ComputeBackend` runs the Spark training job (local ``spark-submit`` / Databricks).
+* :class:`ExperimentTracker` holds parent and child runs (MLflow, local SQLite or Databricks-hosted).
+* :class:`ModelRegistry` holds model versions and aliases (MLflow registry / Azure ML).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlrelease.domain.selection import CandidateResult
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """Everything the Spark job needs; :meth:`job_arguments` is the same on every compute backend."""
+
+    train_path: str
+    holdout_path: str
+    candidates: list[dict[str, Any]]
+    tracking_uri: str
+    parent_run_id: str
+    run_label: str
+    validation_fraction: float = 0.2
+    seed: int = 42
+    champion_model_uri: str | None = None
+    champion_version: str | None = None
+
+    def job_arguments(self, candidates_arg: str, result_path: str | None = None) -> list[str]:
+        args = [
+            "--train-path",
+            self.train_path,
+            "--test-path",
+            self.holdout_path,
+            "--candidates-json",
+            candidates_arg,
+            "--tracking-uri",
+            self.tracking_uri,
+            "--parent-run-id",
+            self.parent_run_id,
+            "--validation-fraction",
+            str(self.validation_fraction),
+            "--seed",
+            str(self.seed),
+        ]
+        if self.champion_model_uri:
+            args += ["--champion-model-uri", self.champion_model_uri]
+            args += ["--champion-version", str(self.champion_version)]
+        if result_path:
+            args += ["--result-path", result_path]
+        return args
+
+
+@dataclass(frozen=True)
+class TrainingJobResult:
+    application_id: str | None
+    log_location: str
+    result: dict[str, Any]
+    seconds: float
+
+
+class TrainingJobError(RuntimeError):
+    """The training job ran but failed; the message carries its log location and last lines."""
+
+
+class ComputeBackend(Protocol):
+    name: str
+
+    def run_training(self, request: TrainingRequest) -> TrainingJobResult: ...
+
+    def cancel(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    status: str
+    start_time_ms: int | None
+    end_time_ms: int | None
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+
+
+class ExperimentTracker(Protocol):
+    tracking_uri: str
+
+    def experiment_id(self, name: str) -> str: ...
+
+    def find_parent_run(self, experiment_id: str, training_key: str) -> RunInfo | None: ...
+
+    def find_latest_parent_run(self, experiment_id: str) -> RunInfo | None: ...
+
+    def create_parent_run(
+        self, experiment_id: str, run_name: str, tags: dict[str, str], fingerprint: dict
+    ) -> RunInfo: ...
+
+    def get_run(self, run_id: str) -> RunInfo: ...
+
+    def finished_children(self, parent_run_id: str) -> list[CandidateResult]: ...
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
+
+    def run_url(self, run: RunInfo) -> str: ...
+
+
+@dataclass(frozen=True)
+class ModelVersionRef:
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+class ModelRegistry(Protocol):
+    def find_version_for_run(self, name: str, run_id: str) -> ModelVersionRef | None: ...
+
+    def register(self, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersionRef: ...
+
+    def get_by_alias(self, name: str, alias: str) -> ModelVersionRef | None: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+    def version_url(self, ref: ModelVersionRef) -> str: ...
+
+
+class AuditLog(Protocol):
+    """Append-only record of what the pipeline decided and did (see backends.local.audit)."""
+
+    def append(self, event_key: str, kind: str, subject: str, payload: dict[str, Any]) -> Any: ...
+
+    def events(self, kind: str | None = None, subject: str | None = None) -> list[Any]: ...
+
+
+def log_file_for(logs_dir: Path, label: str, suffix: str = ".log") -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in label)
+    return logs_dir / f"{safe}{suffix}"

@@ -1,0 +1,1 @@
+"""Local backends: spark-submit on this machine, MLflow with a SQLite store, the local registry."""

@@ -1,0 +1,1 @@
+"""Getting training data onto local disk, verified, and into the normalised form the job reads."""

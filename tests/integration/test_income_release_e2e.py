@@ -1,0 +1,169 @@
+"""End to end: the real DAG with real Airflow task execution, real local Spark, real MLflow (SQLite).
+
+Runs ``airflow dags test`` as a user would, several times against one MLRELEASE_HOME:
+1. a first run registers exactly one version and makes it prod;
+2. a cleared/retried registration and training converge (no second version, no second Spark job);
+3. a second run makes version 2, and its champion comparison used version 1 re-scored on the same data;
+4. a run whose challenger misses the quality bar ends with the release tasks skipped, prod unchanged;
+5. a run on data that fails validation fails the DAG, trains nothing, leaves prod unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.spark]
+
+BIN = Path(sys.executable).parent
+DAG_ID = "income_release"
+MODEL = "income-classifier"
+SMALL = {"candidates": ["lr_reg_0.01", "dt_depth_3"]}
+
+
+def airflow(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [str(BIN / "airflow"), *args], capture_output=True, text=True, env=os.environ.copy(), timeout=1200
+    )
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"airflow {' '.join(args)} exited {result.returncode}:\n{result.stdout[-6000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def dag_test(conf: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return airflow("dags", "test", DAG_ID, "-c", json.dumps(conf), check=check)
+
+
+def json_output(*args: str):
+    """Airflow's CLI prints log lines (e.g. a graphviz warning) before the JSON: take the JSON line."""
+    lines = [line for line in airflow(*args, "-o", "json").stdout.splitlines() if line.startswith(("[", "{"))]
+    return json.loads(lines[-1])
+
+
+def latest_run_id() -> str:
+    runs = json_output("dags", "list-runs", DAG_ID)
+    return max(runs, key=lambda r: r["run_after"])["run_id"]
+
+
+def task_states(run_id: str) -> dict[str, str]:
+    rows = json_output("tasks", "states-for-dag-run", DAG_ID, run_id)
+    return {row["task_id"]: row["state"] for row in rows}
+
+
+@pytest.fixture(scope="module")
+def mlflow_client(airflow_db):
+    from mlflow import MlflowClient
+
+    from mlrelease.settings import load_settings
+
+    uri = load_settings().tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def versions(client) -> list:
+    return sorted(client.search_model_versions(f"name = '{MODEL}'"), key=lambda v: int(v.version))
+
+
+def parent_run(client, run_id: str):
+    runs = client.search_runs(
+        [client.get_experiment_by_name("income-release").experiment_id],
+        f"tags.`mlrelease.training_key` = '{DAG_ID}/{run_id}'",
+    )
+    assert len(runs) == 1, f"expected one parent run for {run_id}, found {len(runs)}"
+    return runs[0]
+
+
+def test_release_runs_end_to_end_and_idempotently(airflow_db, mlflow_client, session_home):
+    # 1. First run: one version, lineage complete, prod alias set.
+    dag_test(SMALL)
+    first_run = latest_run_id()
+    assert set(task_states(first_run).values()) == {"success"}
+    registered = versions(mlflow_client)
+    assert [str(v.version) for v in registered] == ["1"]
+    tags = registered[0].tags
+    from mlrelease.domain.lineage import missing_lineage
+
+    assert missing_lineage(tags) == []
+    assert (
+        tags["mlrelease.dataset.sha256"]
+        == parent_run(mlflow_client, first_run).data.tags["mlrelease.dataset.sha256"]
+    )
+    assert (
+        tags["mlrelease.dataset.train_rows"] == "32561" and tags["mlrelease.dataset.holdout_rows"] == "16281"
+    )
+    assert tags["mlrelease.airflow.run_id"] == first_run
+    assert (
+        tags["mlrelease.triggered_by"] == "dag_test"
+    )  # the triggering user Airflow recorded for `dags test`
+    assert tags["mlrelease.candidate"] in SMALL["candidates"]
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "prod").version) == "1"
+    parent = parent_run(mlflow_client, first_run)
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["mlrelease.candidate"] for c in children) == sorted(SMALL["candidates"])
+    for child in children:
+        for metric in ("val_areaUnderROC", "test_areaUnderROC", "test_f1", "val_tp", "fit_seconds"):
+            assert metric in child.data.metrics, (child.data.tags["mlrelease.candidate"], metric)
+    assert parent.data.tags["spark.version"].startswith("4.")
+    assert "mlrelease.champion.version" not in parent.data.tags
+    decision = json.loads(parent.data.tags["mlrelease.gate.decision_json"])
+    assert decision["approved"] and decision["champion_version"] is None
+    summary = (session_home / "reports").glob("*.txt")
+    assert any("Registered: income-classifier version 1" in p.read_text() for p in summary)
+
+    # 2. A retried/cleared task converges: training is not resubmitted, registration finds version 1.
+    out = airflow("tasks", "test", DAG_ID, "train_candidates", first_run).stdout
+    assert "not submitting again" in out
+    out = airflow("tasks", "test", DAG_ID, "register_model", first_run).stdout
+    assert "already registered" in out
+    assert [str(v.version) for v in versions(mlflow_client)] == ["1"]
+
+    # 3. Second run: version 2, whose gate compared against version 1 on the same held-out data.
+    dag_test(SMALL)
+    second_run = latest_run_id()
+    assert second_run != first_run
+    assert [str(v.version) for v in versions(mlflow_client)] == ["1", "2"]
+    parent = parent_run(mlflow_client, second_run)
+    assert parent.data.tags["mlrelease.champion.version"] == "1"
+    assert "champion_test_areaUnderROC" in parent.data.metrics
+    decision = json.loads(parent.data.tags["mlrelease.gate.decision_json"])
+    assert decision["champion_version"] == "1"
+    assert decision["champion_value"] == pytest.approx(parent.data.metrics["champion_test_areaUnderROC"])
+    assert any(c["name"] == "champion" and c["passed"] for c in decision["checks"])
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "prod").version) == "2"
+
+    # 4. A challenger below the bar: the run succeeds, release tasks are skipped, prod is unchanged.
+    dag_test({**SMALL, "quality_bar": 0.99})
+    rejected_run = latest_run_id()
+    states = task_states(rejected_run)
+    assert states["select_and_gate"] == "success"
+    assert states["register_model"] == "skipped" and states["promote_prod"] == "skipped"
+    assert states["report"] == "success"
+    decision = json.loads(parent_run(mlflow_client, rejected_run).data.tags["mlrelease.gate.decision_json"])
+    assert not decision["approved"] and "bar 0.9900" in decision["reason"]
+    assert [str(v.version) for v in versions(mlflow_client)] == ["1", "2"]
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "prod").version) == "2"
+
+
+def test_bad_data_fails_the_run_before_training_and_leaves_prod_alone(airflow_db, mlflow_client, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("age,workclass\n39,State-gov\n")
+    before = [str(v.version) for v in versions(mlflow_client)]
+    prod_before = [a for v in versions(mlflow_client) for a in v.aliases]
+    result = dag_test({**SMALL, "data_path": str(bad), "holdout_path": str(bad)}, check=False)
+    assert result.returncode != 0
+    assert "[schema]" in result.stdout + result.stderr and "hours_per_week" in result.stdout + result.stderr
+    states = task_states(latest_run_id())
+    assert states["validate_data"] == "failed"
+    assert states["train_candidates"] == "upstream_failed"
+    assert states["promote_prod"] == "upstream_failed"
+    assert [str(v.version) for v in versions(mlflow_client)] == before
+    assert [a for v in versions(mlflow_client) for a in v.aliases] == prod_before
