@@ -14,16 +14,13 @@ echo "==> Migrating the Airflow metadata DB ($AIRFLOW__DATABASE__SQL_ALCHEMY_CON
 
 CONF="${DEMO_CONF:-{\}}"
 echo "==> Running DAG income_release once (airflow dags test, conf $CONF); full log: $RUN_LOG"
+# `airflow dags test` exits non-zero when the DAG run ends failed.
 if ! "$BIN/airflow" dags test income_release -c "$CONF" >>"$RUN_LOG" 2>&1; then
   echo "The DAG run failed. Last lines of $RUN_LOG:" >&2
   tail -60 "$RUN_LOG" >&2
   exit 1
 fi
-grep -E "Dag run .* (success|failed)|DagRun Finished|state=" "$RUN_LOG" | tail -3 || true
-if grep -qE "Marking run <DagRun income_release .* failed|dag run failed|DagRunState.FAILED" "$RUN_LOG"; then
-  echo "The DAG run finished in state failed; see $RUN_LOG" >&2
-  exit 1
-fi
+echo "==> DAG run finished: $(grep -o 'run_id=[^,]*, .*state=[a-z]*' "$RUN_LOG" | tail -1 | sed 's/, run_start_date.*state=/ state=/')"
 echo
 "$BIN/mlrelease" summary
 echo
