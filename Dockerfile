@@ -49,3 +49,8 @@ COPY --chown=airflow:0 jobs/ /opt/mlrelease/jobs/
 ENV SPARK_LOCAL_IP=127.0.0.1 \
     MLRELEASE_HOME=/opt/airflow/mlrelease-home \
     MLRELEASE_JOBS_DIR=/opt/mlrelease/jobs
+
+# Lineage: the image has no .git, so the commit it was built from is passed in and recorded on every
+# model version: docker compose build --build-arg MLRELEASE_GIT_COMMIT=$(git rev-parse HEAD)
+ARG MLRELEASE_GIT_COMMIT=unknown
+ENV MLRELEASE_GIT_COMMIT=${MLRELEASE_GIT_COMMIT}

@@ -11,13 +11,15 @@ export MLRELEASE_HOME ?= $(CURDIR)/.mlrelease
 export UV_COMPILE_BYTECODE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help venv demo test lint format lock mlflow-ui clean
+.PHONY: help venv demo test lint format lock mlflow-ui airflow-up airflow-down clean
 
 help:
 	@echo "make demo     set up and run the income_release DAG once, end to end, then print its summary"
 	@echo "make test     set up and run the tests"
 	@echo "make lint     ruff check + format check"
 	@echo "make mlflow-ui  serve the MLflow UI for MLRELEASE_HOME on http://127.0.0.1:5000"
+	@echo "make airflow-up   start api-server, scheduler, dag-processor, triggerer on 127.0.0.1:8080"
+	@echo "make airflow-down stop them"
 	@echo "make lock     re-resolve requirements.txt from requirements.in"
 	@echo "make clean    delete local state (MLRELEASE_HOME) but keep the venv"
 
@@ -54,5 +56,11 @@ mlflow-ui: venv
 	  --backend-store-uri sqlite:///$(MLRELEASE_HOME)/mlflow.db \
 	  --default-artifact-root $(MLRELEASE_HOME)/mlartifacts
 
-clean:
+airflow-up: venv
+	@scripts/airflow-services.sh start
+
+airflow-down:
+	@scripts/airflow-services.sh stop
+
+clean: airflow-down
 	rm -rf $(MLRELEASE_HOME)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlrelease.backends.base import redact_uri
 from mlrelease.settings import load_settings
 
 
@@ -26,7 +27,7 @@ def _summary(args: argparse.Namespace) -> int:
     if parent is None:
         what = f"DAG run {args.dag_id}/{args.dag_run_id}" if args.dag_run_id else "any DAG run"
         print(
-            f"No training run found for {what} in {settings.tracking_uri}; trigger the "
+            f"No training run found for {what} in {redact_uri(settings.tracking_uri)}; trigger the "
             f"{args.dag_id} DAG first (make demo).",
             file=sys.stderr,
         )

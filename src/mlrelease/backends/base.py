@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -140,6 +141,14 @@ class AuditLog(Protocol):
     def append(self, event_key: str, kind: str, subject: str, payload: dict[str, Any]) -> Any: ...
 
     def events(self, kind: str | None = None, subject: str | None = None) -> list[Any]: ...
+
+
+def redact_uri(text: str) -> str:
+    """Hide credentials in URIs (``scheme://user:pass@host`` -> ``scheme://***@host``) before logging.
+
+    jobs/train_income.py has its own copy: the job must not import this package.
+    """
+    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 def log_file_for(logs_dir: Path, label: str, suffix: str = ".log") -> Path:

@@ -12,7 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
-from mlrelease.backends.base import ModelVersionRef, RunInfo
+from mlrelease.backends.base import ModelVersionRef, RunInfo, redact_uri
 from mlrelease.domain.selection import CandidateResult
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class MlflowTracker:
     def run_url(self, run: RunInfo) -> str:
         if self.ui_url:
             return f"{self.ui_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
-        return f"{self.tracking_uri} run {run.run_id}"
+        return f"{redact_uri(self.tracking_uri)} run {run.run_id}"
 
 
 def _parse_param(value: str):
@@ -262,4 +262,4 @@ class MlflowRegistry:
     def version_url(self, ref: ModelVersionRef) -> str:
         if self.ui_url:
             return f"{self.ui_url}/#/models/{ref.name}/versions/{ref.version}"
-        return f"{ref.uri} in {self.tracking_uri}"
+        return f"{ref.uri} in {redact_uri(self.tracking_uri)}"

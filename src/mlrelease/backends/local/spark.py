@@ -18,7 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-from mlrelease.backends.base import TrainingJobError, TrainingJobResult, TrainingRequest, log_file_for
+from mlrelease.backends.base import (
+    TrainingJobError,
+    TrainingJobResult,
+    TrainingRequest,
+    log_file_for,
+    redact_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +102,7 @@ class LocalSparkCompute:
             "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
         }
         log.info("Submitting Spark training job (master %s); full driver log: %s", self.master, log_path)
-        log.info("Command: %s", " ".join(command))
+        log.info("Command: %s", redact_uri(" ".join(command)))
         started = time.monotonic()
         application_id = None
         tail: list[str] = []
