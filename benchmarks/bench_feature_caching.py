@@ -100,15 +100,21 @@ def main() -> int:
     spark.stop()
 
     mismatched = [n for n in baseline if abs(baseline[n][0] - cached[n][0]) > 1e-9]
-    print(f"\n{len(candidates)} candidates on {prepared.fingerprint['train']['rows']} Adult rows, master {args.master}")
+    print(
+        f"\n{len(candidates)} candidates on {prepared.fingerprint['train']['rows']} Adult rows, master {args.master}"
+    )
     print(f"{'approach':<44} {'seconds':>8} {'per candidate':>14} {'vs baseline':>12}")
     print("-" * 81)
     for label, seconds in (
         ("baseline: full pipeline per candidate", baseline_s),
         ("features fitted once, cached (the job)", cached_s),
     ):
-        print(f"{label:<44} {seconds:>8.1f} {seconds / len(candidates):>14.1f} {baseline_s / seconds:>11.2f}x")
-    print(f"\nsame validation AUC for every candidate: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}")
+        print(
+            f"{label:<44} {seconds:>8.1f} {seconds / len(candidates):>14.1f} {baseline_s / seconds:>11.2f}x"
+        )
+    print(
+        f"\nsame validation AUC for every candidate: {'yes' if not mismatched else 'NO: ' + ', '.join(mismatched)}"
+    )
     return 1 if mismatched else 0
 
 

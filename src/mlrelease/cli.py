@@ -20,10 +20,8 @@ def _summary(args: argparse.Namespace) -> int:
     settings = load_settings()
     backends = get_backends(settings)
     experiment_id = backends.tracker.experiment_id(settings.experiment_name)
-    if args.dag_run_id:
-        parent = backends.tracker.find_parent_run(experiment_id, f"{args.dag_id}/{args.dag_run_id}")
-    else:
-        parent = backends.tracker.find_latest_parent_run(experiment_id)
+    key = f"{args.dag_id}/{args.dag_run_id}" if args.dag_run_id else None
+    parent = backends.tracker.find_parent_run(experiment_id, key)
     if parent is None:
         what = f"DAG run {args.dag_id}/{args.dag_run_id}" if args.dag_run_id else "any DAG run"
         print(

@@ -118,6 +118,17 @@ def test_release_runs_end_to_end_and_idempotently(airflow_db, mlflow_client, ses
     assert decision["approved"] and decision["champion_version"] is None
     summary = (session_home / "reports").glob("*.txt")
     assert any("Registered: income-classifier version 1" in p.read_text() for p in summary)
+    cli = subprocess.run(
+        [str(BIN / "mlrelease"), "summary", "--dag-run-id", first_run],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Registered: income-classifier version 1" in cli and "Gate (enforce): APPROVED" in cli
+    missing = subprocess.run(
+        [str(BIN / "mlrelease"), "summary", "--dag-run-id", "no-such-run"], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and "No training run found" in missing.stderr
 
     # 2. A retried/cleared task converges: training is not resubmitted, registration finds version 1.
     out = airflow("tasks", "test", DAG_ID, "train_candidates", first_run).stdout

@@ -120,27 +120,14 @@ def raw_df(spark):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_column_constants():
-    assert job.CATEGORICAL_COLUMNS == [
-        "workclass",
-        "education",
-        "marital_status",
-        "occupation",
-        "relationship",
-        "race",
-        "sex",
-        "native_country",
-    ]
-    assert job.NUMERIC_COLUMNS == [
-        "age",
-        "fnlwgt",
-        "education_num",
-        "capital_gain",
-        "capital_loss",
-        "hours_per_week",
-    ]
-    assert job.LABEL_COLUMN == "income"
-    assert job.POSITIVE_LABEL == ">50K"
+def test_column_constants_match_the_package_schema():
+    """The job keeps its own copy (it must not import mlrelease); this keeps the two from drifting."""
+    from mlrelease.domain import schema
+
+    assert tuple(job.CATEGORICAL_COLUMNS) == schema.CATEGORICAL_FEATURES
+    assert tuple(job.NUMERIC_COLUMNS) == schema.NUMERIC_FEATURES
+    assert job.LABEL_COLUMN == schema.LABEL
+    assert job.POSITIVE_LABEL == schema.POSITIVE_LABEL
 
 
 def test_add_label_maps_positive_variants_and_keeps_rows(spark):

@@ -32,15 +32,14 @@ def _backends():
 
 def validate_data(context: dict[str, Any]) -> dict:
     """Fetch (if needed), validate and fingerprint the data; the fingerprint is this task's XCom."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from mlrelease.data.prepare import prepare_dataset
+    from mlrelease.domain.validation import DataValidationError, ValidationPolicy
     from mlrelease.settings import load_settings
 
     settings = load_settings()
     settings.ensure_dirs()
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from mlrelease.domain.validation import DataValidationError, ValidationPolicy
-
     policy = ValidationPolicy(min_rows=int(param(context, "min_rows", ValidationPolicy.min_rows)))
     try:
         prepared = prepare_dataset(

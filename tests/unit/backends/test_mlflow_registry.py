@@ -73,6 +73,6 @@ def test_parent_runs_are_found_by_training_key(store, tmp_path):
     found = tracker.find_parent_run(experiment_id, "dag/run'1")
     assert found is not None and found.run_id == parent.run_id
     assert tracker.find_parent_run(experiment_id, "dag/run2") is None
-    assert tracker.find_latest_parent_run(experiment_id).run_id == parent.run_id
+    assert tracker.find_parent_run(experiment_id).run_id == parent.run_id
     inputs = tracker.client.get_run(parent.run_id).inputs.dataset_inputs
     assert sorted(i.dataset.digest for i in inputs) == ["a" * 32, "b" * 32]

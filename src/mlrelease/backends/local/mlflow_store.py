@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import warnings
+from functools import cached_property
 from pathlib import Path
 
 from mlrelease.backends.base import ModelVersionRef, RunInfo, redact_uri
@@ -30,22 +31,26 @@ def _quote(value: str) -> str:
     raise ValueError(f"cannot search MLflow for {value!r}: it contains both quote characters")
 
 
-class MlflowTracker:
+class _MlflowStore:
+    """A lazily created client for one tracking (and registry) URI, plus the UI base URL for links."""
+
+    def __init__(self, tracking_uri: str, ui_url: str | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.ui_url = ui_url.rstrip("/") if ui_url else None
+
+    @cached_property
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+class MlflowTracker(_MlflowStore):
     """Parent and child runs in MLflow."""
 
     def __init__(self, tracking_uri: str, artifact_root: Path, ui_url: str | None = None) -> None:
-        self.tracking_uri = tracking_uri
+        super().__init__(tracking_uri, ui_url)
         self.artifact_root = artifact_root
-        self.ui_url = ui_url.rstrip("/") if ui_url else None
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        return self._client
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
@@ -73,21 +78,13 @@ class MlflowTracker:
             params=dict(run.data.params),
         )
 
-    def find_parent_run(self, experiment_id: str, training_key: str) -> RunInfo | None:
+    def find_parent_run(self, experiment_id: str, training_key: str | None = None) -> RunInfo | None:
+        """The latest parent run, of one DAG run's training when ``training_key`` is given."""
+        query = f"tags.`{PARENT_TAG}` = 'parent'"
+        if training_key is not None:
+            query += f" and tags.`{TRAINING_KEY_TAG}` = {_quote(training_key)}"
         runs = self.client.search_runs(
-            [experiment_id],
-            f"tags.`{TRAINING_KEY_TAG}` = {_quote(training_key)} and tags.`{PARENT_TAG}` = 'parent'",
-            order_by=["attributes.start_time DESC"],
-            max_results=5,
-        )
-        return self._info(runs[0]) if runs else None
-
-    def find_latest_parent_run(self, experiment_id: str) -> RunInfo | None:
-        runs = self.client.search_runs(
-            [experiment_id],
-            f"tags.`{PARENT_TAG}` = 'parent'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
+            [experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
         )
         return self._info(runs[0]) if runs else None
 
@@ -164,21 +161,8 @@ def _parse_param(value: str):
         return value
 
 
-class MlflowRegistry:
+class MlflowRegistry(_MlflowStore):
     """MLflow Model Registry; versions carry lineage tags and are keyed by their training child run."""
-
-    def __init__(self, tracking_uri: str, ui_url: str | None = None) -> None:
-        self.tracking_uri = tracking_uri
-        self.ui_url = ui_url.rstrip("/") if ui_url else None
-        self._client = None
-
-    @property
-    def client(self):
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        return self._client
 
     @staticmethod
     def _ref(version) -> ModelVersionRef:
