@@ -4,6 +4,7 @@ Runs ``airflow dags test`` as a user would, several times against one MLRELEASE_
 1. a first run registers exactly one version and makes it prod;
 2. a cleared/retried registration and training converge (no second version, no second Spark job);
 3. a second run makes version 2, and its champion comparison used version 1 re-scored on the same data;
+   replaying the first run's promotion afterwards is refused (its gate never saw version 2);
 4. a run whose challenger misses the quality bar ends with the release tasks skipped, prod unchanged;
 5. a run on data that fails validation fails the DAG, trains nothing, leaves prod unchanged.
 """
@@ -149,6 +150,12 @@ def test_release_runs_end_to_end_and_idempotently(airflow_db, mlflow_client, ses
     assert decision["champion_version"] == "1"
     assert decision["champion_value"] == pytest.approx(parent.data.metrics["champion_test_areaUnderROC"])
     assert any(c["name"] == "champion" and c["passed"] for c in decision["checks"])
+    assert str(mlflow_client.get_model_version_by_alias(MODEL, "prod").version) == "2"
+
+    # Re-running the first run's promotion now would put version 1 back over version 2, which its gate
+    # never compared against: refused, prod stays at 2.
+    stale = airflow("tasks", "test", DAG_ID, "promote_prod", first_run, check=False)
+    assert "prod moved to version 2" in stale.stdout + stale.stderr
     assert str(mlflow_client.get_model_version_by_alias(MODEL, "prod").version) == "2"
 
     # 4. A challenger below the bar: the run succeeds, release tasks are skipped, prod is unchanged.

@@ -11,8 +11,10 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from mlrelease.airflow.context import param, run_info
-from mlrelease.domain.gate import GatePolicy, decide
+from mlrelease.domain.gate import GateMode, GatePolicy, decide, stale_champion
 from mlrelease.domain.lineage import missing_lineage, model_version_tags
 from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import CandidateResult, select_winner
@@ -32,8 +34,6 @@ def _backends():
 
 def validate_data(context: dict[str, Any]) -> dict:
     """Fetch (if needed), validate and fingerprint the data; the fingerprint is this task's XCom."""
-    from airflow.sdk.exceptions import AirflowFailException
-
     from mlrelease.data.prepare import prepare_dataset
     from mlrelease.domain.validation import DataValidationError, ValidationPolicy
     from mlrelease.settings import load_settings
@@ -254,6 +254,11 @@ def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
     info = run_info(context)
     current = backends.registry.get_by_alias(name, PROD_ALIAS)
     previous = current.version if current else None
+    decision = context["ti"].xcom_pull(task_ids="select_and_gate", key="decision") or {}
+    if decision.get("mode") != GateMode.DISABLED and (
+        problem := stale_champion(decision.get("champion_version"), previous, version)
+    ):
+        raise AirflowFailException(problem)
     if previous == version:
         log.info("Alias %s of %s already points at version %s: nothing to do", PROD_ALIAS, name, version)
     else:

@@ -139,3 +139,19 @@ def decide(
         reason=reason,
         **common,
     )
+
+
+def stale_champion(compared: str | None, current: str | None, challenger: str) -> str | None:
+    """Why promoting ``challenger`` now would bypass the gate, or None if it would not.
+
+    The gate compared the challenger with the version that was ``prod`` when training ran. If another
+    run moved ``prod`` since, that comparison says nothing about the model being replaced now. (A
+    ``current`` equal to the challenger is a retry of a promotion that already happened.)
+    """
+    if current in (compared, challenger):
+        return None
+    return (
+        f"prod moved to version {current or 'none'} after this run's gate compared the challenger "
+        f"(version {challenger}) with version {compared or 'none (no prod model then)'}; "
+        "not promoting. Trigger a new run so the gate compares against the current prod model."
+    )

@@ -81,3 +81,14 @@ def test_unknown_mode_and_bad_tolerance_are_rejected():
 def test_decision_round_trips_through_xcom_form():
     decision = decide(GatePolicy(), challenger_value=0.91, champion_version="1", champion_value=0.9)
     assert GateDecision.from_dict(decision.to_dict()) == decision
+
+
+def test_promotion_is_refused_when_prod_moved_after_the_gate_compared():
+    from mlrelease.domain.gate import stale_champion
+
+    assert stale_champion(compared="3", current="3", challenger="5") is None
+    assert stale_champion(compared=None, current=None, challenger="1") is None  # first release
+    assert stale_champion(compared="3", current="5", challenger="5") is None  # retry after promotion
+    message = stale_champion(compared="3", current="4", challenger="5")
+    assert message and "prod moved to version 4" in message and "with version 3" in message
+    assert stale_champion(compared=None, current="2", challenger="3").startswith("prod moved to version 2")
