@@ -29,12 +29,8 @@ def load_job():
 
 
 def cached_once(job, candidates, train_raw, validation_raw, test_raw, seed):
-    from pyspark.ml import Pipeline
-
     started = time.perf_counter()
-    features = Pipeline(stages=job.build_feature_stages()).fit(train_raw)
-    cols = [job.FEATURES_COL, job.TARGET_COL]
-    frames = [features.transform(f).select(*cols).cache() for f in (train_raw, validation_raw, test_raw)]
+    _, frames = job.prepare_features(train_raw, validation_raw, test_raw)
     for frame in frames:
         frame.count()
     results = {}

@@ -237,6 +237,19 @@ def split_train_validation(df: DataFrame, fraction: float, seed: int) -> tuple[D
     return train_df, validation_df
 
 
+def prepare_features(
+    train_raw: DataFrame, validation_raw: DataFrame, test_raw: DataFrame
+) -> tuple[PipelineModel, list[DataFrame]]:
+    """Fit the feature stages on the training split only; return them and the three cached feature frames.
+
+    Done once per application and shared by every candidate (the caller unpersists the frames).
+    """
+    feature_model = Pipeline(stages=build_feature_stages()).fit(train_raw)
+    cols = [FEATURES_COL, TARGET_COL]
+    frames = [feature_model.transform(f).select(*cols).cache() for f in (train_raw, validation_raw, test_raw)]
+    return feature_model, frames
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator) / float(denominator) if denominator else 0.0
 
@@ -532,11 +545,8 @@ def run_training(args: argparse.Namespace, spark: SparkSession, parent: Run) -> 
 
     if to_fit:
         train_raw, validation_raw = split_train_validation(raw_train, args.validation_fraction, args.seed)
-        feature_model = Pipeline(stages=build_feature_stages()).fit(train_raw)
-        cols = [FEATURES_COL, TARGET_COL]
-        train_features = feature_model.transform(train_raw).select(*cols).cache()
-        validation_features = feature_model.transform(validation_raw).select(*cols).cache()
-        test_features = feature_model.transform(raw_test).select(*cols).cache()
+        feature_model, frames = prepare_features(train_raw, validation_raw, raw_test)
+        train_features, validation_features, test_features = frames
         logger.info(
             "features: %s train, %s validation, %s test rows",
             train_features.count(),
@@ -557,7 +567,7 @@ def run_training(args: argparse.Namespace, spark: SparkSession, parent: Run) -> 
                     )
                 )
         finally:
-            for frame in (train_features, validation_features, test_features):
+            for frame in frames:
                 frame.unpersist()
     raw_train.unpersist()
     raw_test.unpersist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from mlrelease.backends import Backends
+from mlrelease.domain.gate import PROD_ALIAS
 from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import SELECTION_METRICS
 
@@ -52,7 +53,7 @@ def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> st
         lines.append("Gate: not evaluated (the run stopped before the gate)")
     version = tags.get("mlrelease.registered_version")
     if version:
-        prod = registry.get_by_alias(model_name, "prod")
+        prod = registry.get_by_alias(model_name, PROD_ALIAS)
         lines.append(f"Registered: {model_name} version {version}")
         lines.append(f"Registry alias 'prod' -> version {prod.version if prod else 'none'}")
     else:

@@ -66,6 +66,7 @@ class TrainCandidatesOperator(BaseOperator):
         from mlrelease.airflow.context import run_info
         from mlrelease.backends.base import TrainingRequest
         from mlrelease.domain.candidates import resolve_candidates
+        from mlrelease.domain.gate import PROD_ALIAS
         from mlrelease.domain.lineage import dataset_tags, run_context_tags
         from mlrelease.domain.report import candidates_table
         from mlrelease.gitinfo import git_info
@@ -113,7 +114,7 @@ class TrainCandidatesOperator(BaseOperator):
         context["ti"].xcom_push(key="parent_run_id", value=parent.run_id)
         context["ti"].xcom_push(key=MLFLOW_RUN_URL_KEY, value=tracker.run_url(parent))
 
-        champion = backends.registry.get_by_alias(settings.model_name, "prod")
+        champion = backends.registry.get_by_alias(settings.model_name, PROD_ALIAS)
         if champion:
             log.info(
                 "Champion: %s version %s (alias prod) will be re-scored on this run's held-out data",

@@ -14,14 +14,12 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from mlrelease.airflow.context import param, run_info
-from mlrelease.domain.gate import GateMode, GatePolicy, decide, stale_champion
+from mlrelease.domain.gate import PROD_ALIAS, GateMode, GatePolicy, decide, stale_champion
 from mlrelease.domain.lineage import missing_lineage, model_version_tags
 from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import CandidateResult, select_winner
 
 log = logging.getLogger(__name__)
-
-PROD_ALIAS = "prod"
 
 
 def _backends():
@@ -281,6 +279,7 @@ def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
 
 
 def report(training: dict | None, context: dict[str, Any]) -> str:
+    from mlrelease.backends.base import log_file_for
     from mlrelease.reporting import build_summary
 
     settings, backends = _backends()
@@ -290,6 +289,5 @@ def report(training: dict | None, context: dict[str, Any]) -> str:
     log.info("Release summary:\n%s", summary)
     reports = settings.home / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in run_info(context).run_id)
-    (reports / f"{safe}.txt").write_text(summary + "\n")
+    log_file_for(reports, run_info(context).run_id, ".txt").write_text(summary + "\n")
     return summary

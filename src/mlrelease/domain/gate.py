@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+PROD_ALIAS = "prod"  # the registry alias of the model in production: the champion
+
 
 class GateMode(StrEnum):
     ENFORCE = "enforce"
