@@ -128,6 +128,14 @@ def test_column_constants_match_the_package_schema():
     assert tuple(job.NUMERIC_COLUMNS) == schema.NUMERIC_FEATURES
     assert job.LABEL_COLUMN == schema.LABEL
     assert job.POSITIVE_LABEL == schema.POSITIVE_LABEL
+    assert job.NEGATIVE_LABEL == schema.NEGATIVE_LABEL
+
+
+def test_portable_constants_match_the_scorer():
+    from mlrelease.serving import portable
+
+    assert job.PORTABLE_FORMAT == portable.FORMAT
+    assert job.UNSEEN_ENCODING in portable.UNSEEN_ENCODINGS
 
 
 def test_add_label_maps_positive_variants_and_keeps_rows(spark):
@@ -166,6 +174,21 @@ def test_unseen_and_null_categories_are_scored_not_dropped(spark, raw_df):
     for row in scored:
         assert row["prediction"] in (0.0, 1.0)
         assert abs(sum(row["probability"]) - 1.0) < 1e-9
+
+
+def test_export_refuses_a_pipeline_it_cannot_reproduce(spark, raw_df):
+    from pyspark.ml import Pipeline, PipelineModel
+
+    stages = job.build_feature_stages()
+    stages[3].setDropLast(False)  # one-hot blocks one slot longer than the scorer expects
+    feature_model = Pipeline(stages=stages).fit(raw_df)
+    classifier = job.make_estimator({"name": "lr", "algorithm": "LogisticRegression", "params": {}}).fit(
+        feature_model.transform(raw_df)
+    )
+    with pytest.raises(ValueError, match=r"stage 3 .*dropLast=True.*build_feature_stages"):
+        job.export_portable(PipelineModel(stages=list(feature_model.stages) + [classifier]), "4.x")
+    with pytest.raises(ValueError, match="expected 5 feature stages and a classifier, got 1"):
+        job.export_portable(PipelineModel(stages=[classifier]), "4.x")
 
 
 def test_evaluate_confusion_counts_and_ratios(spark):
@@ -429,6 +452,42 @@ def test_end_to_end_submit_resume_and_champion(spark, tracking, data_paths, tmp_
         "maxIter": "20",
     }
     assert by_name["dt"].data.tags["mlrelease.algorithm"] == "DecisionTreeClassifier"
+
+    # every child run carries its JVM-free export and Spark's own predictions for the first held-out
+    # records, and the NumPy scorer reproduces those predictions
+    from mlrelease.serving.portable import PortableModel
+
+    holdout_records = {}
+    for name, run in by_name.items():
+        run_id = run.info.run_id
+        tags = run.data.tags
+        assert tags["mlrelease.portable_model_uri"] == f"runs:/{run_id}/portable/portable_model.json"
+        assert (
+            tags["mlrelease.holdout_predictions_uri"] == f"runs:/{run_id}/portable/holdout_predictions.json"
+        )
+        assert {a.path for a in client.list_artifacts(run_id, "portable")} == {
+            "portable/portable_model.json",
+            "portable/holdout_predictions.json",
+        }
+        local = Path(client.download_artifacts(run_id, "portable", str(tmp_path / name)))
+        portable = PortableModel.load(local / "portable_model.json")
+        assert portable.algorithm == tags["mlrelease.algorithm"]
+        assert portable.spark_version == pyspark.__version__
+        holdout = json.loads((local / "holdout_predictions.json").read_text())
+        assert holdout["format"] == "mlrelease.holdout_predictions.v1"
+        records, predictions = holdout["records"], holdout["predictions"]
+        # 80 held-out rows; the one with a NaN numeric is not a valid request and is skipped
+        assert len(records) == len(predictions) == 79
+        assert all(set(r) == set(job.NUMERIC_COLUMNS + job.CATEGORICAL_COLUMNS) for r in records)
+        assert records[0]["workclass"] == "Never-seen" and records[1]["occupation"] == "?"
+        scored = portable.score(records)
+        assert [s.label for s in scored] == [p["label"] for p in predictions]
+        worst = max(abs(s.probability - p["probability"]) for s, p in zip(scored, predictions, strict=True))
+        assert worst <= 1e-6, f"{name}: NumPy and Spark differ by {worst}"
+        assert scored[0].unseen == ("workclass",)
+        assert scored[1].unseen == ("occupation",)  # training never saw a missing occupation
+        holdout_records[name] = records
+    assert holdout_records["lr"] == holdout_records["dt"]  # the same rows for every candidate
     lr_uri = by_name["lr"].data.tags["mlrelease.model_uri"]
     assert {c["model_uri"] for c in result["children"]} == {
         run.data.tags["mlrelease.model_uri"] for run in children
