@@ -3,6 +3,8 @@
 * :class:`ComputeBackend` runs the Spark training job (local ``spark-submit`` / Databricks).
 * :class:`ExperimentTracker` holds parent and child runs (MLflow, local SQLite or Databricks-hosted).
 * :class:`ModelRegistry` holds model versions and aliases (MLflow registry / Azure ML).
+* :class:`EndpointBackend` runs the test and prod scoring endpoints (local processes / AKS via Azure ML).
+* :class:`AuditLog` keeps the append-only record and the prediction log (SQLite / an Azure store).
 """
 
 from __future__ import annotations
@@ -104,6 +106,8 @@ class ExperimentTracker(Protocol):
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None: ...
 
+    def download_artifact(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path: ...
+
     def run_url(self, run: RunInfo) -> str: ...
 
 
@@ -128,17 +132,116 @@ class ModelRegistry(Protocol):
 
     def get_by_alias(self, name: str, alias: str) -> ModelVersionRef | None: ...
 
+    def get_version(self, name: str, version: str) -> ModelVersionRef | None: ...
+
     def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
     def version_url(self, ref: ModelVersionRef) -> str: ...
 
 
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What an endpoint should serve: one registered version, in one release, from one artifact."""
+
+    model_name: str
+    version: str
+    release_id: str
+    artifact: str  # local path of the portable model document (the cloud backend: the registered asset)
+    artifact_sha256: str
+    lineage: dict[str, Any]
+    stage: str
+
+    def desired(self, deployed_at: str) -> dict[str, Any]:
+        return {
+            "model": {"name": self.model_name, "version": self.version},
+            "release_id": self.release_id,
+            "artifact": self.artifact,
+            "artifact_sha256": self.artifact_sha256,
+            "lineage": self.lineage,
+            "stage": self.stage,
+            "deployed_at": deployed_at,
+        }
+
+    def served_by(self, metadata: dict[str, Any] | None) -> bool:
+        """Does an endpoint's ``/metadata`` say it already serves exactly this?"""
+        if not metadata:
+            return False
+        model = metadata.get("model") or {}
+        return (
+            model.get("name") == self.model_name
+            and str(model.get("version")) == str(self.version)
+            and metadata.get("release_id") == self.release_id
+            and metadata.get("artifact_sha256", self.artifact_sha256) == self.artifact_sha256
+        )
+
+
+class EndpointError(RuntimeError):
+    """An endpoint could not be started, reached or updated; the message says what still serves."""
+
+
+class EndpointBackend(Protocol):
+    def url(self, endpoint: str) -> str: ...
+
+    def current(self, endpoint: str) -> dict[str, Any] | None:
+        """The endpoint's ``/metadata`` (what it serves), or None when it is down or serves nothing."""
+        ...
+
+    def desired(self, endpoint: str) -> dict[str, Any] | None:
+        """The deployment the endpoint is configured to serve (a ``DeploymentSpec.desired`` document)."""
+        ...
+
+    def deploy(self, endpoint: str, spec: DeploymentSpec) -> dict[str, Any]:
+        """Serve ``spec``; the previous model keeps answering until the new one is loaded and healthy.
+
+        Idempotent: an endpoint that already serves ``spec`` is left alone. Raises EndpointError when the
+        new model could not be loaded (the previous one is still serving).
+        """
+        ...
+
+    def restore(self, endpoint: str, desired: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Roll back to a previous ``desired`` document, or to serving nothing when it is None."""
+        ...
+
+    def stop(self, endpoint: str) -> bool: ...
+
+    def status(self) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One request to a scoring endpoint, as kept in the prediction log (accepted or rejected).
+
+    ``inputs``/``outputs`` are the records and predictions in request order; a rejected request has
+    ``status`` 4xx, ``outputs`` None and ``error`` the JSON body it was answered with.
+    """
+
+    request_id: str
+    received_at: str
+    endpoint: str
+    model_name: str | None
+    model_version: str | None
+    release_id: str | None
+    status: int
+    latency_ms: float
+    inputs: Any
+    outputs: Any
+    error: Any = None
+
+
 class AuditLog(Protocol):
-    """Append-only record of what the pipeline decided and did (see backends.local.audit)."""
+    """Append-only record of what the pipeline decided and did, and of every prediction served.
+
+    The local implementation is backends.local.audit.SqliteAuditLog; the cloud backend backs the same
+    methods with an Azure store.
+    """
 
     def append(self, event_key: str, kind: str, subject: str, payload: dict[str, Any]) -> Any: ...
 
     def events(self, kind: str | None = None, subject: str | None = None) -> list[Any]: ...
+
+    def append_prediction(self, record: PredictionRecord) -> PredictionRecord: ...
+
+    def get_prediction(self, request_id: str) -> PredictionRecord | None: ...
 
 
 def redact_uri(text: str) -> str:

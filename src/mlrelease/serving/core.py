@@ -1,0 +1,234 @@
+"""The scoring core shared by the local HTTP service (``app.py``) and the Azure ML script.
+
+Both front ends must answer the same request with the same JSON, so everything between "here are the
+bytes the client sent" and "here is the body to answer with" lives here once: JSON decoding, payload
+validation, scoring and the response shape. The front ends add only what is specific to them (HTTP
+status handling, size limits and the prediction log locally; ``init()``/``run()`` on Azure ML).
+
+Loading is here too: an artifact is verified against its sha256 and must score a known-good record to a
+finite probability before it may serve, whichever front end loads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlrelease.domain.payload import EXAMPLE_RECORD, FieldError, validate_payload
+from mlrelease.serving.portable import PortableModel
+
+INVALID_REQUEST = "invalid request"
+
+
+class ModelLoadError(RuntimeError):
+    """An artifact could not be made to serve (missing, wrong checksum, unreadable, failed self-test)."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model answers: registered name and version, and the release that put it there."""
+
+    name: str | None
+    version: str | None
+    release_id: str | None
+
+    def model_dict(self) -> dict[str, str | None]:
+        return {"name": self.name, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to one scoring request, plus what the prediction log needs to record about it."""
+
+    status: int
+    body: dict[str, Any]
+    inputs: Any = None
+    outputs: list[dict[str, Any]] | None = None
+    n_records: int = 0
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return None if self.status == 200 else self.body
+
+    def with_request_id(self, request_id: str) -> Outcome:
+        """The same answer under another request id (used when a client's id was already taken)."""
+        return Outcome(
+            self.status, {**self.body, "request_id": request_id}, self.inputs, self.outputs, self.n_records
+        )
+
+
+def error_body(request_id: str, error: str, details: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """The one error shape every front end answers with."""
+    return {"request_id": request_id, "error": error, "details": details or []}
+
+
+def error_outcome(
+    status: int, request_id: str, error: str, details: list[dict[str, str]], inputs: Any = None
+) -> Outcome:
+    return Outcome(status, error_body(request_id, error, details), inputs=inputs)
+
+
+class BodyDecodeError(ValueError):
+    """The request body is not UTF-8 JSON; ``detail`` is the ``{"field", "error"}`` to answer with."""
+
+    def __init__(self, detail: FieldError) -> None:
+        super().__init__(detail.error)
+        self.detail = detail
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON and would reach the model as non-finite.
+    raise ValueError(f"{name} is not valid JSON (send a finite number)")
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Parse a request body as strict UTF-8 JSON, or raise :class:`BodyDecodeError` saying why not."""
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BodyDecodeError(
+                FieldError("body", f"is not UTF-8 text (byte {error.start}: {error.reason}); send UTF-8 JSON")
+            ) from None
+    else:
+        text = raw
+    if not text.strip():
+        raise BodyDecodeError(FieldError("body", 'is empty; send a JSON object {"data": [record, ...]}'))
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BodyDecodeError(FieldError("body", "is not valid JSON: nested too deeply")) from None
+    except ValueError as error:  # JSONDecodeError, NaN/Infinity, integers over Python's digit limit
+        raise BodyDecodeError(FieldError("body", f"is not valid JSON: {error}")) from None
+
+
+def predictions_for(model: PortableModel, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One ``{"label", "probability", "unseen_categories"}`` per record, in request order."""
+    return [
+        {
+            "label": scored.label,
+            "probability": float(scored.probability),
+            "unseen_categories": list(scored.unseen),
+        }
+        for scored in model.score(records)
+    ]
+
+
+def score_body(body: Any, model: PortableModel | None, ref: ModelRef | None, request_id: str) -> Outcome:
+    """Validate a parsed body and score it: 200 with predictions, 422 with every problem, 503 if no model.
+
+    Input is validated before the model is looked at, so a client gets the same 422 from a cold endpoint
+    as from a warm one, and the log keeps the inputs of a request refused for want of a model.
+    """
+    payload = validate_payload(body)
+    if not payload.ok:
+        return error_outcome(422, request_id, INVALID_REQUEST, payload.error_details(), inputs=body)
+    records = payload.records
+    if model is None or ref is None:
+        return Outcome(
+            503,
+            error_body(
+                request_id,
+                "no model loaded",
+                [{"field": "model", "error": "this endpoint has no model loaded yet; see GET /health"}],
+            ),
+            inputs=records,
+            n_records=len(records),
+        )
+    predictions = predictions_for(model, records)
+    # Extreme (but non-negative, finite) inputs can overflow the linear score; that is the client's
+    # value, so it is a 422 naming the record, never a 500 or a NaN in the response.
+    bad = [
+        i
+        for i, p in enumerate(predictions)
+        if not (math.isfinite(p["probability"]) and 0 <= p["probability"] <= 1)
+    ]
+    if bad:
+        details = [
+            {
+                "field": f"data[{i}]",
+                "error": "the model produced no finite probability for this record; its numeric values are "
+                "far outside the range the model was trained on",
+            }
+            for i in bad
+        ]
+        return error_outcome(422, request_id, INVALID_REQUEST, details, inputs=records)
+    body_out = {
+        "request_id": request_id,
+        "model": ref.model_dict(),
+        "release_id": ref.release_id,
+        "predictions": predictions,
+    }
+    return Outcome(200, body_out, inputs=records, outputs=predictions, n_records=len(records))
+
+
+def score_raw(
+    raw: bytes | str, model: PortableModel | None, ref: ModelRef | None, request_id: str
+) -> Outcome:
+    """:func:`decode_json` then :func:`score_body`; an undecodable body is a 400."""
+    try:
+        body = decode_json(raw)
+    except BodyDecodeError as error:
+        return error_outcome(400, request_id, INVALID_REQUEST, [error.detail.as_dict()])
+    return score_body(body, model, ref, request_id)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def self_test(model: PortableModel) -> float:
+    """Score :data:`EXAMPLE_RECORD`; raise :class:`ModelLoadError` unless P(>50K) is finite in [0, 1]."""
+    try:
+        # Through the validator, like a request: the model sees exactly what it would see serving.
+        [prediction] = predictions_for(model, validate_payload({"data": [EXAMPLE_RECORD]}).records)
+    except Exception as error:
+        raise ModelLoadError(f"self-test failed: scoring a known-good record raised {error!r}") from error
+    probability = prediction["probability"]
+    if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+        raise ModelLoadError(
+            f"self-test failed: a known-good record scored P(>50K)={probability!r}, not in [0, 1]"
+        )
+    return probability
+
+
+def load_model(artifact: Path, expected_sha256: str | None = None) -> PortableModel:
+    """Load an exported model, checking its sha256 (when given) and that it scores a known-good record.
+
+    Raises :class:`ModelLoadError` naming the artifact, what is wrong with it and what to do.
+    """
+    if not artifact.is_file():
+        raise ModelLoadError(f"model artifact {artifact} does not exist; re-run the deploy that exported it")
+    if expected_sha256 is not None:
+        actual = sha256_file(artifact)
+        if actual.lower() != expected_sha256.strip().lower():
+            raise ModelLoadError(
+                f"model artifact {artifact} has sha256 {actual}, but the deploy recorded {expected_sha256}: "
+                "the file changed after it was deployed; re-run the deploy instead of editing the file"
+            )
+    try:
+        model = PortableModel.load(artifact)
+    except Exception as error:  # PortableModelError, JSON errors, I/O errors: all mean "cannot serve this"
+        raise ModelLoadError(f"model artifact {artifact} could not be loaded: {error}") from error
+    self_test(model)
+    return model
+
+
+def model_ref(model: Mapping[str, Any] | None, release_id: Any) -> ModelRef:
+    """A :class:`ModelRef` from ``{"name", "version"}``; versions are strings, as in the MLflow registry."""
+    model = model or {}
+    version = model.get("version")
+    return ModelRef(
+        name=None if model.get("name") is None else str(model["name"]),
+        version=None if version is None else str(version),
+        release_id=None if release_id is None else str(release_id),
+    )
