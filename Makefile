@@ -11,10 +11,12 @@ export MLRELEASE_HOME ?= $(CURDIR)/.mlrelease
 export UV_COMPILE_BYTECODE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help venv demo test lint format lock mlflow-ui airflow-up airflow-down clean
+.PHONY: help venv demo stop status test lint format lock mlflow-ui airflow-up airflow-down clean
 
 help:
-	@echo "make demo     set up and run the income_release DAG once, end to end, then print its summary"
+	@echo "make demo     set up and run the whole release once (train, gate, register, test + prod endpoints)"
+	@echo "make stop     stop the test and prod endpoints that make demo left running"
+	@echo "make status   what the endpoints serve (mlrelease status)"
 	@echo "make test     set up and run the tests"
 	@echo "make lint     ruff check + format check"
 	@echo "make mlflow-ui  serve the MLflow UI for MLRELEASE_HOME on http://127.0.0.1:5000"
@@ -36,6 +38,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: venv
 	@scripts/demo.sh
+
+stop:
+	@if [ -x $(BIN)/mlrelease ]; then $(BIN)/mlrelease endpoints stop; else echo "no venv: nothing was started"; fi
+
+status: venv
+	@$(BIN)/mlrelease status
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -62,5 +70,5 @@ airflow-up: venv
 airflow-down:
 	@scripts/airflow-services.sh stop
 
-clean: airflow-down
+clean: stop airflow-down
 	rm -rf $(MLRELEASE_HOME)

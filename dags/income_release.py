@@ -10,13 +10,17 @@ night and on demand, and releases it only if it is good enough.
 | `train_candidates` | one Spark application fits every candidate; each is an MLflow child run under one parent run per DAG run | the log names the Spark application id and driver log; a retry refits only missing candidates |
 | `select_and_gate` | picks the best child run on the validation metric, then gates it on the held-out data: an absolute bar and "no worse than prod" | a rejection **skips** (does not fail) the release tasks and logs both numbers and the threshold |
 | `register_model` | registers the winner in the model registry with full lineage tags | idempotent: a retry reuses the version it made |
-| `promote_prod` | moves the registry alias `prod` to the new version and records the move in the audit log | idempotent |
-| `report` | prints the candidates table, winner, gate decision and registered version | |
+| `deploy_test` | deploys the new version to the **test** endpoint (hot swap: the endpoint keeps answering with its previous model until the new one is loaded) | the log says what the endpoint still serves and where its log is |
+| `check_test` | endpoint checks on test: health, served version, the seed's three persons, one prediction per record, a held-out batch equal to the model's offline (Spark) predictions, a latency bound, a malformed request refused | each failed check is logged as expected vs actual; prod is untouched |
+| `promote_prod` | deploys to **prod** the same way, runs the same checks there, then moves the registry alias `prod` and appends the release record | failed prod checks roll prod back to the previous version automatically; the alias is not moved; the task fails |
+| `report` | prints the candidates table, winner, gate decision, version and release | |
 
 **Trigger with parameters** (Trigger DAG w/ config): choose candidates, the gate mode (`enforce`,
-`dry_run`, `disabled`), the quality bar and the champion tolerance, or point at your own data.
+`dry_run`, `disabled`), the quality bar and the champion tolerance, the endpoint latency budget, or
+point at your own data.
 
-Local state (MLflow store, data cache, audit log, Spark logs) lives under `MLRELEASE_HOME`.
+Local state (MLflow store, data cache, audit log, Spark logs, endpoints) lives under `MLRELEASE_HOME`.
+`mlrelease status` shows what each endpoint serves; `mlrelease audit release <id>` tells a release's story.
 Runbook: see the project README, section "On call".
 """
 
@@ -91,6 +95,13 @@ REMOTE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exp
             description="The challenger may be at most this much worse than the current prod model.",
         ),
         "min_rows": Param(1000, type="integer", minimum=1, description="Row floor for each data set."),
+        "endpoint_latency_budget_ms": Param(
+            2000,
+            type="number",
+            exclusiveMinimum=0,
+            description="Endpoint check: the held-out batch (1,000 records) must be scored within this "
+            "many milliseconds, on test and on prod.",
+        ),
     },
 )
 def income_release():
@@ -112,7 +123,19 @@ def income_release():
 
         return tasks.register_winner(training, fingerprint, context)
 
-    @task
+    @task(retries=1)
+    def deploy_test(registered: dict, **context) -> dict:
+        from mlrelease.airflow import tasks
+
+        return tasks.deploy_test(registered, context)
+
+    @task(retries=0)
+    def check_test(registered: dict, **context) -> dict:
+        from mlrelease.airflow import tasks
+
+        return tasks.check_test(registered, context)
+
+    @task(retries=0)
     def promote_prod(registered: dict, **context) -> dict:
         from mlrelease.airflow import tasks
 
@@ -133,8 +156,11 @@ def income_release():
     )
     gate = select_and_gate(training.output)
     registered = register_model(training.output, fingerprint)
+    deployed = deploy_test(registered)
+    checked = check_test(registered)
     promoted = promote_prod(registered)
     gate >> registered
+    deployed >> checked >> promoted
     # Not directly downstream of the gate: a short-circuit skips its direct downstream tasks, and the
     # report must run (and say why) when the gate rejects the challenger.
     promoted >> report(training.output)

@@ -2,6 +2,10 @@
 
 ``mlrelease summary`` prints the summary of the latest training run (or of one DAG run with
 ``--dag-run-id``): the candidates table, the winner, the gate decision and the registered version.
+``mlrelease status [--json]`` shows what the test and prod endpoints serve, live.
+``mlrelease audit prediction <request_id> | model <name>:<version> | release <release_id> [--json]`` prints
+the chain from a prediction down to the dataset, code and person.
+``mlrelease endpoints stop`` stops the local endpoints (``make stop``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,68 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from mlrelease.backends import get_backends
+
+    backends = get_backends(load_settings())
+    endpoints = backends.endpoints.status()
+    if args.json:
+        print(json.dumps({"endpoints": endpoints}, indent=2, sort_keys=True))
+        return 0
+    for name, state in endpoints.items():
+        if state["version"]:
+            print(
+                f"{name:5} {state['url']}  serves {state['model']} version {state['version']} "
+                f"(release {state['release_id']}, since {state['since']})"
+            )
+        else:
+            print(f"{name:5} {state['url']}  {'up, serving nothing' if state['up'] else 'down'}")
+        print(f"      log: {state['log']}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import json
+
+    from mlrelease import audit_trail
+    from mlrelease.backends import get_backends
+
+    backends = get_backends(load_settings())
+    try:
+        if args.what == "prediction":
+            story = audit_trail.prediction_story(backends, args.id)
+            words = audit_trail.prediction_in_words
+        elif args.what == "release":
+            story = audit_trail.release_story(backends, args.id)
+            words = audit_trail.release_in_words
+        else:
+            name, sep, version = args.id.rpartition(":")
+            if not sep or not name or not version:
+                print(
+                    f"expected <name>:<version>, e.g. income-classifier:3; got {args.id!r}", file=sys.stderr
+                )
+                return 2
+            story = audit_trail.model_story(backends, name, version)
+            words = audit_trail.model_in_words
+    except audit_trail.AuditLookupError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    print(json.dumps(story, indent=2, sort_keys=True, default=str) if args.json else words(story))
+    return 0
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from mlrelease.backends import get_backends
+
+    backends = get_backends(load_settings())
+    for name in backends.endpoints.status():
+        stopped = backends.endpoints.stop(name)
+        print(f"{name}: {'stopped' if stopped else 'was not running'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlrelease", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--dag-id", default="income_release")
     summary.add_argument("--dag-run-id", help="Airflow run_id; default: the latest run")
     summary.set_defaults(handler=_summary)
+    status = commands.add_parser("status", help="what the test and prod endpoints serve, live")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+    audit = commands.add_parser("audit", help="the chain behind a prediction, a model version or a release")
+    audit.add_argument("what", choices=("prediction", "model", "release"))
+    audit.add_argument("id", help="request id, <name>:<version>, or release id")
+    audit.add_argument("--json", action="store_true", help="machine-readable output")
+    audit.set_defaults(handler=_audit)
+    endpoints = commands.add_parser("endpoints", help="manage the local endpoints")
+    endpoints.add_argument("action", choices=("stop",))
+    endpoints.set_defaults(handler=_endpoints)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -14,6 +14,21 @@ from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import SELECTION_METRICS
 
 
+def _release_line(backends: Backends, training_key: str, model_name: str, version: str) -> str:
+    from mlrelease.audit_trail import AuditLookupError, release_story
+    from mlrelease.domain.release import release_id_for
+
+    release_id = release_id_for(training_key, model_name, version)
+    try:
+        story = release_story(backends, release_id)
+    except AuditLookupError:
+        return f"Release {release_id}: not started (nothing was deployed)"
+    line = f"Release {release_id}: {story['status']}"
+    if story.get("reason"):
+        line += f" ({story['reason']})"
+    return line + f"\n  audit trail: mlrelease audit release {release_id}"
+
+
 def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> str:
     tracker, registry = backends.tracker, backends.registry
     parent = tracker.get_run(parent_run_id)
@@ -56,6 +71,7 @@ def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> st
         prod = registry.get_by_alias(model_name, PROD_ALIAS)
         lines.append(f"Registered: {model_name} version {version}")
         lines.append(f"Registry alias 'prod' -> version {prod.version if prod else 'none'}")
+        lines.append(_release_line(backends, tags.get("mlrelease.training_key", ""), model_name, version))
     else:
         lines.append(f"Registered: nothing ({model_name} unchanged)")
     lines.append("=" * 100)

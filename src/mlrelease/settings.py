@@ -15,6 +15,8 @@ from pathlib import Path
 BACKENDS = ("local", "azure")
 DEFAULT_MODEL_NAME = "income-classifier"
 DEFAULT_EXPERIMENT_NAME = "income-release"
+ENDPOINTS = ("test", "prod")
+DEFAULT_ENDPOINT_PORTS = {"test": 8701, "prod": 8702}
 
 
 def project_root() -> Path | None:
@@ -49,6 +51,7 @@ class Settings:
     default_data_path: str | None
     default_holdout_path: str | None
     mlflow_ui_url: str | None
+    endpoint_ports: dict[str, int]
 
     @property
     def data_cache_dir(self) -> Path:
@@ -61,6 +64,15 @@ class Settings:
     @property
     def audit_db_path(self) -> Path:
         return self.home / "audit.db"
+
+    @property
+    def endpoints_dir(self) -> Path:
+        return self.home / "endpoints"
+
+    @property
+    def models_dir(self) -> Path:
+        """Local copies of the registered versions' portable models, one directory per version."""
+        return self.home / "models"
 
     def ensure_dirs(self) -> None:
         for directory in (self.home, self.data_cache_dir, self.logs_dir, self.artifact_root):
@@ -78,6 +90,15 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         )
     artifact_root = Path(env.get("MLRELEASE_ARTIFACT_ROOT") or home / "mlartifacts").expanduser().resolve()
     tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    ports: dict[str, int] = {}
+    for endpoint in ENDPOINTS:
+        variable = f"MLRELEASE_{endpoint.upper()}_ENDPOINT_PORT"
+        raw = env.get(variable) or str(DEFAULT_ENDPOINT_PORTS[endpoint])
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise ValueError(f"{variable}={raw!r} is not a TCP port; set it to a free port number 1..65535")
+        ports[endpoint] = int(raw)
+    if len(set(ports.values())) != len(ports):
+        raise ValueError(f"the test and prod endpoints need different ports, got {ports}")
     return Settings(
         home=home,
         backend=backend,
@@ -92,4 +113,5 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         default_holdout_path=env.get("MLRELEASE_HOLDOUT_PATH") or None,
         # Where `make mlflow-ui` serves the tracking store; used to print clickable run links.
         mlflow_ui_url=env.get("MLRELEASE_MLFLOW_UI_URL", "http://127.0.0.1:5000") or None,
+        endpoint_ports=ports,
     )

@@ -43,8 +43,14 @@ def test_no_cycles_and_expected_shape(dagbag):
     dag = dagbag.dags["income_release"]
     order = [t.task_id for t in dag.topological_sort()]  # raises on a cycle
     assert order.index("validate_data") < order.index("train_candidates") < order.index("select_and_gate")
-    assert order.index("select_and_gate") < order.index("register_model") < order.index("promote_prod")
+    assert order.index("select_and_gate") < order.index("register_model") < order.index("deploy_test")
+    assert order.index("deploy_test") < order.index("check_test") < order.index("promote_prod")
     assert dag.get_task("register_model").upstream_task_ids >= {"select_and_gate", "train_candidates"}
+    # prod is reached only through the test endpoint's checks
+    assert dag.get_task("promote_prod").upstream_task_ids == {"check_test", "register_model"}
+    assert dag.get_task("check_test").upstream_task_ids == {"deploy_test", "register_model"}
+    for task_id in ("deploy_test", "check_test", "promote_prod"):
+        assert dag.get_task(task_id).trigger_rule == "all_success", task_id
     assert dag.get_task("report").trigger_rule == "none_failed_min_one_success"
 
 
@@ -63,11 +69,18 @@ def test_schedule_is_nightly_without_catchup(dagbag):
 
 def test_tasks_that_talk_to_remote_systems_retry_with_backoff(dagbag):
     dag = dagbag.dags["income_release"]
-    for task_id in ("train_candidates", "select_and_gate", "register_model", "promote_prod"):
+    for task_id in ("train_candidates", "select_and_gate", "register_model", "deploy_test"):
         task = dag.get_task(task_id)
         assert task.retries >= 1, task_id
         assert task.retry_exponential_backoff, task_id
         assert task.owner == "ml-platform"
+
+
+def test_checks_and_promotion_are_not_retried_blindly(dagbag):
+    """A failed check or a rollback needs a person: an automatic retry would hide it (or flap prod)."""
+    dag = dagbag.dags["income_release"]
+    for task_id in ("check_test", "promote_prod"):
+        assert dag.get_task(task_id).retries == 0, task_id
 
 
 def test_params_have_descriptions_and_safe_defaults(dagbag):

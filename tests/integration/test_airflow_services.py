@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,7 +38,14 @@ def services(tmp_path_factory, session_home):
     if (session_home / "data" / "adult").is_dir():  # reuse the verified download of this session
         shutil.copytree(session_home / "data" / "adult", home / "data" / "adult")
     port = free_port()
-    env = {**os.environ, "MLRELEASE_HOME": str(home), "AIRFLOW_PORT": str(port)}
+    env = {
+        **os.environ,
+        "MLRELEASE_HOME": str(home),
+        "AIRFLOW_PORT": str(port),
+        # This home's endpoints get their own ports: the other end-to-end tests run theirs too.
+        "MLRELEASE_TEST_ENDPOINT_PORT": str(free_port()),
+        "MLRELEASE_PROD_ENDPOINT_PORT": str(free_port()),
+    }
     script = str(ROOT / "scripts" / "airflow-services.sh")
     started = subprocess.run([script, "start"], env=env, capture_output=True, text=True, timeout=400)
     try:
@@ -48,9 +56,11 @@ def services(tmp_path_factory, session_home):
         client = httpx.Client(
             base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {token['access_token']}"}
         )
-        yield client, home
+        yield client, home, env
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
+        mlrelease = str(Path(sys.executable).parent / "mlrelease")
+        subprocess.run([mlrelease, "endpoints", "stop"], env=env, capture_output=True, text=True, timeout=120)
         if started.returncode != 0 or os.environ.get("MLRELEASE_KEEP_TEST_HOME"):
             print((home / "airflow" / "services" / "scheduler.log").read_text()[-5000:])
 
@@ -74,7 +84,7 @@ def task_log_text(client: httpx.Client, run_id: str, task_id: str) -> str:
 
 
 def test_triggered_and_scheduled_runs_under_real_services(services):
-    client, home = services
+    client, home, env = services
     # The dag-processor must have parsed the DAG before it can be triggered.
     wait_for(lambda: client.get(f"/dags/{DAG_ID}").status_code == 200, 180, "the DAG to be parsed")
 
@@ -124,3 +134,24 @@ def test_triggered_and_scheduled_runs_under_real_services(services):
 
     links = client.get(f"/dags/{DAG_ID}/dagRuns/{manual_run}/taskInstances/train_candidates/links").json()
     assert links["extra_links"]["MLflow training run"].endswith(f"/runs/{parent_id}")
+
+    # The release half ran under the real scheduler too: the endpoints started by task processes
+    # outlive them, and prod serves the release whose promote_prod log announced it.
+    mlrelease = str(Path(sys.executable).parent / "mlrelease")
+    status = json.loads(
+        subprocess.run(
+            [mlrelease, "status", "--json"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )["endpoints"]
+    assert status["prod"]["ready"] and status["prod"]["version"], status
+    promoted = [
+        run
+        for run in (manual_run, scheduled_run)
+        if client.get(f"/dags/{DAG_ID}/dagRuns/{run}/taskInstances/promote_prod").json()["state"] == "success"
+    ]
+    assert promoted, "neither run promoted a model"
+    promote_logs = [task_log_text(client, run, "promote_prod") for run in promoted]
+    assert all("RELEASED income-classifier version" in text for text in promote_logs)
+    assert any(status["prod"]["release_id"] in text for text in promote_logs)
+    check_log = task_log_text(client, promoted[0], "check_test")
+    assert "pass holdout_parity" in check_log and "All 9 test endpoint checks passed" in check_log

@@ -241,15 +241,56 @@ def register_winner(training: dict, fingerprint: dict, context: dict[str, Any]) 
     return {"name": name, "version": ref.version, "uri": ref.uri, "run_id": winner.run_id}
 
 
-def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
-    """Point the registry alias ``prod`` at the new version (idempotent) and record the move.
+def _release(registered: dict, context: dict[str, Any]):
+    from mlrelease.domain.endpoint_checks import DEFAULT_LATENCY_BUDGET_MS
+    from mlrelease.releasing import Release
 
-    This is the seam where the release half (deploy to test, endpoint checks, deploy to prod with
-    rollback) plugs in; for now promotion is the registry alias alone.
-    """
+    return Release(
+        model_name=registered["name"],
+        version=registered["version"],
+        run=run_info(context),
+        latency_budget_ms=float(param(context, "endpoint_latency_budget_ms", DEFAULT_LATENCY_BUDGET_MS)),
+    )
+
+
+def deploy_test(registered: dict, context: dict[str, Any]) -> dict:
+    """Deploy the registered winner to the test endpoint (hot swap: it never answers with an error)."""
+    from mlrelease import releasing
+
+    settings, backends = _backends()
+    release = _release(registered, context)
+    try:
+        served = releasing.deploy(backends, settings, release, releasing.TEST)
+    except (releasing.ReleaseError, releasing.EndpointError) as error:
+        raise AirflowFailException(f"deploy_test: {error}") from error
+    return {"release_id": release.release_id, "url": backends.endpoints.url(releasing.TEST), "served": served}
+
+
+def check_test(registered: dict, context: dict[str, Any]) -> dict:
+    """Endpoint checks on the test endpoint; any failed check fails the task and nothing reaches prod."""
+    from mlrelease import releasing
+
+    settings, backends = _backends()
+    release = _release(registered, context)
+    report = releasing.run_checks(backends, settings, release, releasing.TEST)
+    if not report.passed:
+        raise AirflowFailException(
+            f"{len(report.failed)} of {len(report.checks)} test endpoint checks FAILED for "
+            f"{release.model_name} version {release.version} (release {release.release_id}) at {report.url}: "
+            + "; ".join(check.line() for check in report.failed)
+            + ". Prod is unchanged; the test endpoint keeps this version for debugging. "
+            f"Details: mlrelease audit release {release.release_id}"
+        )
+    log.info("All %s test endpoint checks passed at %s", len(report.checks), report.url)
+    return report.to_dict()
+
+
+def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
+    """Deploy to prod, check prod, move the alias ``prod`` and record the release; roll back on failure."""
+    from mlrelease import releasing
+
     settings, backends = _backends()
     name, version = registered["name"], registered["version"]
-    info = run_info(context)
     current = backends.registry.get_by_alias(name, PROD_ALIAS)
     previous = current.version if current else None
     decision = context["ti"].xcom_pull(task_ids="select_and_gate", key="decision") or {}
@@ -257,25 +298,11 @@ def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
         problem := stale_champion(decision.get("champion_version"), previous, version)
     ):
         raise AirflowFailException(problem)
-    if previous == version:
-        log.info("Alias %s of %s already points at version %s: nothing to do", PROD_ALIAS, name, version)
-    else:
-        backends.registry.set_alias(name, PROD_ALIAS, version)
-        log.info("Moved alias %s of %s: version %s -> %s", PROD_ALIAS, name, previous or "none", version)
-    event = backends.audit.append(
-        event_key=f"alias:{name}:{PROD_ALIAS}:{version}:{info.training_key}",
-        kind="alias_moved",
-        subject=f"{name}:{PROD_ALIAS}",
-        payload={
-            "alias": PROD_ALIAS,
-            "version": version,
-            "previous_version": previous if previous != version else None,
-            "dag_id": info.dag_id,
-            "run_id": info.run_id,
-            "triggered_by": info.triggered_by,
-        },
-    )
-    return {"name": name, "version": version, "previous_version": event.payload["previous_version"]}
+    try:
+        return releasing.promote(backends, settings, _release(registered, context))
+    except releasing.ReleaseError as error:
+        # A rollback or a refused deployment is not transient: fail now, with prod's state in the message.
+        raise AirflowFailException(str(error)) from error
 
 
 def report(training: dict | None, context: dict[str, Any]) -> str:

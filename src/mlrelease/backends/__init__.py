@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlrelease.backends.base import AuditLog, ComputeBackend, ExperimentTracker, ModelRegistry
+from mlrelease.backends.base import (
+    AuditLog,
+    ComputeBackend,
+    EndpointBackend,
+    ExperimentTracker,
+    ModelRegistry,
+)
 from mlrelease.settings import Settings
 
 
@@ -14,10 +20,12 @@ class Backends:
     tracker: ExperimentTracker
     registry: ModelRegistry
     audit: AuditLog
+    endpoints: EndpointBackend
 
 
 def _local(settings: Settings) -> Backends:
     from mlrelease.backends.local.audit import SqliteAuditLog
+    from mlrelease.backends.local.endpoints import LocalEndpoints
     from mlrelease.backends.local.mlflow_store import MlflowRegistry, MlflowTracker
     from mlrelease.backends.local.spark import LocalSparkCompute
 
@@ -29,6 +37,7 @@ def _local(settings: Settings) -> Backends:
         tracker=MlflowTracker(settings.tracking_uri, settings.artifact_root, settings.mlflow_ui_url),
         registry=MlflowRegistry(settings.tracking_uri, settings.mlflow_ui_url),
         audit=SqliteAuditLog(settings.audit_db_path),
+        endpoints=LocalEndpoints(settings.endpoints_dir, settings.endpoint_ports, settings.audit_db_path),
     )
 
 

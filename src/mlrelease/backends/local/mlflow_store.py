@@ -148,6 +148,11 @@ class MlflowTracker(_MlflowStore):
     def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
 
+    def download_artifact(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
+        """Copy one artifact of a run into ``dst_dir`` and return its local path."""
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact_path, str(dst_dir)))
+
     def run_url(self, run: RunInfo) -> str:
         if self.ui_url:
             return f"{self.ui_url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
@@ -235,6 +240,16 @@ class MlflowRegistry(_MlflowStore):
 
         try:
             return self._ref(self.client.get_model_version_by_alias(name, alias))
+        except MlflowException as error:
+            if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
+                return None
+            raise
+
+    def get_version(self, name: str, version: str) -> ModelVersionRef | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._ref(self.client.get_model_version(name, str(version)))
         except MlflowException as error:
             if "RESOURCE_DOES_NOT_EXIST" in str(error.error_code) or "not found" in str(error).lower():
                 return None

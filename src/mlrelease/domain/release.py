@@ -1,0 +1,89 @@
+"""Releases: naming them, recording them, and reading the alias history back.
+
+A *release* is one attempt to put one registered model version into production from one DAG run. Its id
+is derived from the DAG run and the version (no clock, no counter), so a retried or cleared task talks
+about the same release, and every audit record of it (deployments, check reports, the outcome) carries
+that id as its subject: ``mlrelease audit release <id>`` reads them back in order.
+
+The registry keeps only the *current* alias; the audit log keeps every move, and :func:`alias_intervals`
+turns those moves into "which version was prod from when to when".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+
+class ReleaseOutcome(StrEnum):
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolled back"
+    DEPLOY_FAILED = "prod deployment failed"
+
+
+# Audit event kinds of the release half (the subject of each is the release id).
+DEPLOYMENT = "deployment"
+ENDPOINT_CHECKS = "endpoint_checks"
+RELEASE_STARTED = "release_started"
+RELEASE = "release"
+ROLLBACK = "rollback"
+
+
+def release_id_for(training_key: str, model_name: str, version: str) -> str:
+    """``<model>-v<version>-<8 hex of the DAG run>``: readable, unique per DAG run and version."""
+    digest = hashlib.sha256(f"{training_key}|{model_name}|{version}".encode()).hexdigest()[:8]
+    return f"{model_name}-v{version}-{digest}"
+
+
+@dataclass(frozen=True)
+class AliasInterval:
+    version: str
+    release_id: str | None
+    since: str
+    until: str | None  # None: still current
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "release_id": self.release_id, "from": self.since, "to": self.until}
+
+
+def alias_intervals(moves: list[tuple[str, str, str | None]]) -> list[AliasInterval]:
+    """``[(recorded_at, version, release_id), ...]`` in log order -> one interval per move.
+
+    A move to the version that is already current (a replayed record) extends the interval instead of
+    opening a new one.
+    """
+    intervals: list[AliasInterval] = []
+    for recorded_at, version, release_id in moves:
+        if intervals and intervals[-1].version == version:
+            continue
+        if intervals:
+            last = intervals[-1]
+            intervals[-1] = AliasInterval(last.version, last.release_id, last.since, recorded_at)
+        intervals.append(AliasInterval(version, release_id, recorded_at, None))
+    return intervals
+
+
+def lineage_summary(tags: dict[str, str]) -> dict[str, Any]:
+    """The lineage an endpoint shows in ``/metadata``: from a registered version's tags."""
+
+    def tag(name: str) -> str | None:
+        return tags.get(f"mlrelease.{name}")
+
+    return {
+        "algorithm": tag("algorithm"),
+        "candidate": tag("candidate"),
+        "params": tag("params"),
+        "child_run_id": tag("child_run_id"),
+        "parent_run_id": tag("parent_run_id"),
+        "dataset_sha256": tag("dataset.sha256"),
+        "dataset_source": tag("dataset.source"),
+        "train_rows": tag("dataset.train_rows"),
+        "git_commit": tag("git.commit"),
+        "dag_id": tag("airflow.dag_id"),
+        "dag_run_id": tag("airflow.run_id"),
+        "triggered_by": tag("triggered_by"),
+        "registered_at": tag("registered_at"),
+        "test_areaUnderROC": tag("metrics.test_areaUnderROC"),
+    }
