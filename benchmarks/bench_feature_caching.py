@@ -28,6 +28,20 @@ def load_job():
     return module
 
 
+def local_spark(master: str):
+    """A quiet local session without the UI, as both benchmarks use."""
+    from pyspark.sql import SparkSession
+
+    spark = (
+        SparkSession.builder.master(master)
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
 def cached_once(job, candidates, train_raw, validation_raw, test_raw, seed):
     started = time.perf_counter()
     _, frames = job.prepare_features(train_raw, validation_raw, test_raw)
@@ -69,8 +83,6 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
-    from pyspark.sql import SparkSession
-
     from mlrelease.data.prepare import prepare_dataset
     from mlrelease.domain.candidates import resolve_candidates
     from mlrelease.settings import load_settings
@@ -78,13 +90,7 @@ def main() -> int:
     job = load_job()
     candidates = [c.to_dict() for c in resolve_candidates(args.candidates.split(","))]
     prepared = prepare_dataset(load_settings().data_cache_dir)
-    spark = (
-        SparkSession.builder.master(args.master)
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = local_spark(args.master)
     raw = job.add_label(spark.read.parquet(str(prepared.train_path)))
     test_raw = job.add_label(spark.read.parquet(str(prepared.holdout_path)))
     train_raw, validation_raw = job.split_train_validation(raw, 0.2, args.seed)

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_feature_caching import load_job
+from bench_feature_caching import load_job, local_spark
 
 
 def median_ms(function, repeats: int) -> float:
@@ -90,7 +90,6 @@ def main() -> int:
     import httpx
     import pandas as pd
     from pyspark.ml import PipelineModel
-    from pyspark.sql import SparkSession
 
     from mlrelease.data.prepare import prepare_dataset
     from mlrelease.domain.candidates import resolve_candidates
@@ -100,13 +99,7 @@ def main() -> int:
     job = load_job()
     candidate = resolve_candidates([args.candidate])[0].to_dict()
     prepared = prepare_dataset(load_settings().data_cache_dir)
-    spark = (
-        SparkSession.builder.master(args.master)
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .getOrCreate()
-    )
-    spark.sparkContext.setLogLevel("ERROR")
+    spark = local_spark(args.master)
     train = job.add_label(spark.read.parquet(str(prepared.train_path)))
     feature_model, frames = job.prepare_features(train, train.limit(10), train.limit(10))
     classifier = job.make_estimator(candidate).fit(frames[0])

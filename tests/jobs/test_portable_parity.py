@@ -24,7 +24,6 @@ os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 pytest.importorskip("pyspark")
 
 from pyspark.ml import PipelineModel  # noqa: E402
-from pyspark.sql import SparkSession  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from mlrelease.domain.candidates import CANDIDATES  # noqa: E402
@@ -50,19 +49,8 @@ job = load_job()
 FEATURES = job.NUMERIC_COLUMNS + job.CATEGORICAL_COLUMNS
 
 
-@pytest.fixture(scope="module")
-def spark():
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("test-portable-parity")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
+SPARK_CORES = 2  # the spark fixture (tests/jobs/conftest.py) reads these
+SPARK_PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")

@@ -96,18 +96,8 @@ def to_df(spark: SparkSession, rows: list[dict[str, Any]]):
     return spark.createDataFrame([tuple(r.get(c) for c in RAW_COLUMNS) for r in rows], RAW_SCHEMA)
 
 
-@pytest.fixture(scope="module")
-def spark():
-    session = (
-        SparkSession.builder.master("local[1]")
-        .appName("test-train-income")
-        .config("spark.sql.shuffle.partitions", "2")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.host", "127.0.0.1")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
+SPARK_CORES = 1  # the spark fixture (tests/jobs/conftest.py) reads these
+SPARK_PARTITIONS = 2
 
 
 @pytest.fixture(scope="module")

@@ -18,24 +18,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlrelease.domain.payload import EXAMPLE_RECORD
 from mlrelease.domain.schema import NEGATIVE_LABEL, POSITIVE_LABEL
 
-PERSON_1: dict[str, Any] = {
-    "age": 39,
-    "workclass": "State-gov",
-    "fnlwgt": 77516,
-    "education": "Bachelors",
-    "education_num": 13,
-    "marital_status": "Never-married",
-    "occupation": "Adm-clerical",
-    "relationship": "Not-in-family",
-    "race": "White",
-    "sex": "Male",
-    "capital_gain": 23174,
-    "capital_loss": 0,
-    "hours_per_week": 40,
-    "native_country": "United-States",
-}
+PERSON_1: dict[str, Any] = {**EXAMPLE_RECORD, "capital_gain": 23174}
 PERSON_2: dict[str, Any] = {
     "age": 50,
     "workclass": "Self-emp-not-inc",
