@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# py4j logs "Closing down clientserver connection" at interpreter exit, after pytest has closed its
+# log handlers, which prints a "--- Logging error ---" traceback at the end of every run.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")
