@@ -88,6 +88,7 @@ def model_story(backends: Backends, name: str, version: str) -> dict[str, Any]:
 
     child: dict[str, Any] = {"run_id": tag("child_run_id")}
     parent: dict[str, Any] = {"run_id": tag("parent_run_id")}
+    runs = {}
     for record, run_id in ((child, child["run_id"]), (parent, parent["run_id"])):
         if not run_id:
             record["missing"] = "no run id on the model version"
@@ -97,21 +98,20 @@ def model_story(backends: Backends, name: str, version: str) -> dict[str, Any]:
         except Exception as error:  # reported, not swallowed: the chain says which link is broken
             record["missing"] = f"run {run_id} not found in the tracking store: {error}"
             continue
+        runs[run_id] = run
         record.update(
             status=run.status,
             params=run.params,
             metrics=run.metrics,
             url=backends.tracker.run_url(run),
         )
-    parent_extra = {}
     if "missing" not in parent:
-        parent_run = backends.tracker.get_run(parent["run_id"])
-        parent_extra = {
-            "spark_application_id": parent_run.tags.get("spark.application_id"),
-            "gate": json.loads(parent_run.tags.get("mlrelease.gate.decision_json", "null")),
-        }
-        parent["metrics"] = {}  # the parent's metrics are the champion's re-score, not this model's
-    parent.update(parent_extra)
+        parent_run = runs[parent["run_id"]]
+        parent.update(
+            spark_application_id=parent_run.tags.get("spark.application_id"),
+            gate=json.loads(parent_run.tags.get("mlrelease.gate.decision_json", "null")),
+            metrics={},  # the parent's metrics are the champion's re-score, not this model's
+        )
     return {
         "name": name,
         "version": str(version),

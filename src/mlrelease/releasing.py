@@ -16,7 +16,6 @@ verified) before the task fails, and the registry alias is moved only after the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from mlrelease.domain.release import (
     lineage_summary,
     release_id_for,
 )
+from mlrelease.hashing import sha256_file
 from mlrelease.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,6 @@ class Release:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _version(backends: Backends, release: Release) -> ModelVersionRef:
@@ -120,7 +112,7 @@ def deployment_spec(backends: Backends, settings: Settings, release: Release, st
         version=ref.version,
         release_id=release.release_id,
         artifact=str(artifact),
-        artifact_sha256=_sha256(artifact),
+        artifact_sha256=sha256_file(artifact),
         lineage=lineage_summary(ref.tags),
         stage=stage,
     )
@@ -139,9 +131,15 @@ def expectation(backends: Backends, settings: Settings, release: Release) -> Exp
     )
 
 
-def deploy(backends: Backends, settings: Settings, release: Release, endpoint: str) -> dict[str, Any]:
+def deploy(
+    backends: Backends,
+    settings: Settings,
+    release: Release,
+    endpoint: str,
+    spec: DeploymentSpec | None = None,
+) -> dict[str, Any]:
     """Deploy the release's version to ``endpoint`` (hot swap; idempotent) and record the deployment."""
-    spec = deployment_spec(backends, settings, release, endpoint)
+    spec = spec or deployment_spec(backends, settings, release, endpoint)
     before = backends.endpoints.current(endpoint)
     url = backends.endpoints.url(endpoint)
     log.info(
@@ -226,11 +224,11 @@ def _events(backends: Backends, kind: str, release_id: str) -> list[Any]:
     return backends.audit.events(kind=kind, subject=release_id)
 
 
-def test_checks_passed(backends: Backends, release_id: str) -> bool:
-    reports = [
+def test_check_reports(backends: Backends, release_id: str) -> list[dict[str, Any]]:
+    """The release's test endpoint check reports, oldest first."""
+    return [
         e.payload for e in _events(backends, ENDPOINT_CHECKS, release_id) if e.payload["endpoint"] == TEST
     ]
-    return bool(reports) and bool(reports[-1]["passed"])
 
 
 def promote(
@@ -253,7 +251,8 @@ def promote(
             prod_url,
         )
         return promoted[-1].payload
-    if not test_checks_passed(backends, rid):
+    test_reports = test_check_reports(backends, rid)
+    if not test_reports or not test_reports[-1]["passed"]:
         raise ReleaseError(
             f"release {rid}: the test endpoint checks have not passed for {name} version {version}; prod is "
             "unchanged. Run (or clear) check_test first."
@@ -273,9 +272,6 @@ def promote(
     )
     previous_deployment = started.payload["previous_deployment"]
     previous_version = started.payload["previous_alias_version"]
-    test_report = [
-        e.payload for e in _events(backends, ENDPOINT_CHECKS, rid) if e.payload["endpoint"] == TEST
-    ][-1]
     record = {
         "release_id": rid,
         "model": name,
@@ -289,11 +285,11 @@ def promote(
         "triggered_by": release.run.triggered_by,
         "try_number": release.run.try_number,
         "lineage": spec.lineage,
-        "checks": {TEST: test_report},
+        "checks": {TEST: test_reports[-1]},
     }
 
     try:
-        deploy(backends, settings, release, PROD)
+        deploy(backends, settings, release, PROD, spec)
     except EndpointError as error:
         still = backends.endpoints.current(PROD)
         record.update(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,17 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.spark]
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "income_release"
 SMALL = {"candidates": ["lr_reg_0.01", "dt_depth_3"]}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

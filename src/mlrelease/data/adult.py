@@ -7,7 +7,6 @@ is first extracted and every time the cache is used, so a corrupted or tampered 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from mlrelease.hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class AdultFiles:
     train: Path
     test: Path
     source_uri: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_uri(member: str) -> str:

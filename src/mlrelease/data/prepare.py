@@ -8,14 +8,13 @@ published counts.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from mlrelease.data.adult import EXPECTED_ROWS, ensure_adult_files, sha256_file
+from mlrelease.data.adult import EXPECTED_ROWS, ensure_adult_files
 from mlrelease.domain.schema import (
     CATEGORICAL_FEATURES,
     LABEL,
@@ -30,6 +29,7 @@ from mlrelease.domain.validation import (
     ValidationReport,
     validate_frame,
 )
+from mlrelease.hashing import sha256_file, sha256_files
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,7 @@ def read_source(source: DataSource) -> pd.DataFrame:
 
 def dataset_sha256(paths: list[Path]) -> str:
     """sha256 of the source files' bytes, concatenated in order (training file first)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_files(paths)
 
 
 def build_fingerprint(

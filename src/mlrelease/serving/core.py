@@ -11,7 +11,6 @@ finite probability before it may serve, whichever front end loads it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrelease.domain.payload import EXAMPLE_RECORD, FieldError, validate_payload
+from mlrelease.hashing import sha256_file
 from mlrelease.serving.portable import PortableModel
 
 INVALID_REQUEST = "invalid request"
@@ -176,14 +176,6 @@ def score_raw(
     except BodyDecodeError as error:
         return error_outcome(400, request_id, INVALID_REQUEST, [error.detail.as_dict()])
     return score_body(body, model, ref, request_id)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def self_test(model: PortableModel) -> float:
