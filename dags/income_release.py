@@ -31,10 +31,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from mlrelease.airflow.operators import TrainCandidatesOperator
+from mlrelease.airflow.operators import train_candidates_operator
 from mlrelease.domain.candidates import CANDIDATES
-from mlrelease.domain.gate import GateMode
-from mlrelease.domain.selection import SELECTION_METRICS
+from mlrelease.domain.endpoint_checks import DEFAULT_LATENCY_BUDGET_MS
+from mlrelease.domain.gate import GateMode, GatePolicy
+from mlrelease.domain.selection import DEFAULT_SELECTION_METRIC, SELECTION_METRICS
+from mlrelease.domain.validation_policy import ValidationPolicy
+
+GATE = GatePolicy()  # the Params' defaults are the domain's defaults, written once
 
 REMOTE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True}
 
@@ -67,36 +71,38 @@ REMOTE_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exp
             description="Candidates to fit (see src/mlrelease/domain/candidates.py). Empty: all defaults.",
         ),
         "selection_metric": Param(
-            "areaUnderROC",
+            DEFAULT_SELECTION_METRIC,
             enum=list(SELECTION_METRICS),
             description="Validation metric that picks the winner.",
         ),
         "gate_mode": Param(
-            GateMode.ENFORCE.value,
+            GATE.mode.value,
             enum=[mode.value for mode in GateMode],
             description="enforce: a failed check stops the release. dry_run: checks are recorded but the "
             "winner ships anyway. disabled: no checks (recorded as such on the model version).",
         ),
         "gate_metric": Param(
-            "areaUnderROC", enum=list(SELECTION_METRICS), description="Held-out metric the gate checks."
+            GATE.metric, enum=list(SELECTION_METRICS), description="Held-out metric the gate checks."
         ),
         "quality_bar": Param(
-            0.88,
+            GATE.min_value,
             type="number",
             minimum=0,
             maximum=1,
             description="Absolute bar: held-out gate metric >= this.",
         ),
         "champion_tolerance": Param(
-            0.005,
+            GATE.champion_tolerance,
             type="number",
             minimum=0,
             maximum=1,
             description="The challenger may be at most this much worse than the current prod model.",
         ),
-        "min_rows": Param(1000, type="integer", minimum=1, description="Row floor for each data set."),
+        "min_rows": Param(
+            ValidationPolicy.min_rows, type="integer", minimum=1, description="Row floor for each data set."
+        ),
         "endpoint_latency_budget_ms": Param(
-            2000,
+            DEFAULT_LATENCY_BUDGET_MS,
             type="number",
             exclusiveMinimum=0,
             description="Endpoint check: the held-out batch (1,000 records) must be scored within this "
@@ -148,7 +154,8 @@ def income_release():
         return tasks.report(training, context)
 
     fingerprint = validate_data()
-    training = TrainCandidatesOperator(
+    # Local spark-submit or the provider's DatabricksSubmitRunOperator, by MLRELEASE_COMPUTE.
+    training = train_candidates_operator(
         task_id="train_candidates",
         fingerprint=fingerprint,
         candidates="{{ params.candidates | tojson }}",

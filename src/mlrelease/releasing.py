@@ -26,7 +26,7 @@ from typing import Any
 from mlrelease.backends import Backends
 from mlrelease.backends.base import DeploymentSpec, EndpointError, ModelVersionRef
 from mlrelease.domain.endpoint_checks import DEFAULT_LATENCY_BUDGET_MS, CheckReport, Expectation
-from mlrelease.domain.gate import PROD_ALIAS
+from mlrelease.domain.gate import PROD_ALIAS, GateMode, stale_champion
 from mlrelease.domain.lineage import AirflowRunInfo, missing_lineage
 from mlrelease.domain.release import (
     DEPLOYMENT,
@@ -243,6 +243,7 @@ def promote(
     alias = backends.registry.get_by_alias(name, PROD_ALIAS)
     promoted = [e for e in _events(backends, RELEASE, rid) if e.payload["outcome"] == ReleaseOutcome.PROMOTED]
     spec = deployment_spec(backends, settings, release, PROD)
+    refuse_unless_gated(backends, _version(backends, release), alias.version if alias else None)
     if promoted and alias and alias.version == version and spec.served_by(backends.endpoints.current(PROD)):
         log.info(
             "Release %s was already promoted (%s); prod serves it at %s: nothing to do",
@@ -380,6 +381,31 @@ def promote(
         rid,
     )
     return event.payload
+
+
+def refuse_unless_gated(backends: Backends, ref: ModelVersionRef, current_prod: str | None) -> None:
+    """The release rules of the gate: approved, and compared with the version that is prod *now*.
+
+    The decision is read from the audit log (never from an XCom). The gate compared the challenger
+    with the version that was prod when training ran; if another run moved prod since, that
+    comparison says nothing about the model being replaced now (``stale_champion``).
+    """
+    from mlrelease.gating import GateRefused, recorded_gate
+
+    parent_run_id = ref.tags.get("mlrelease.parent_run_id")
+    try:
+        decision = recorded_gate(backends, parent_run_id).decision
+    except GateRefused as error:
+        raise ReleaseError(f"{ref.name} version {ref.version}: {error}; prod is unchanged") from error
+    if not decision.approved:
+        raise ReleaseError(
+            f"{ref.name} version {ref.version}: the gate did not approve it ({decision.reason}); "
+            "prod is unchanged"
+        )
+    if decision.mode != GateMode.DISABLED and (
+        problem := stale_champion(decision.champion_version, current_prod, ref.version)
+    ):
+        raise ReleaseError(problem)
 
 
 def _brief_desired(desired: dict[str, Any]) -> dict[str, Any]:

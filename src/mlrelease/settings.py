@@ -1,18 +1,51 @@
-"""Runtime settings, read from the environment in one place.
+"""Runtime settings, read from the environment (and ``MLRELEASE_HOME/settings.env``) in one place.
 
 Every path of local state hangs off one directory, ``MLRELEASE_HOME`` (default ``.mlrelease/`` in the
 project checkout), so that a demo, a test run and a CI run can each use their own and ``rm -rf`` it to
-start clean. The backend switch (``MLRELEASE_BACKEND``: ``local`` or ``azure``) is also read here and
-nowhere else.
+start clean. A ``settings.env`` file there (``KEY=value`` lines) holds that home's choices, so
+``MLRELEASE_HOME=.mlrelease-cloud mlrelease status`` needs no other environment; a variable set in the
+environment wins over the file. Secrets never go here: they live in Airflow connections.
+
+Backends are chosen per concern (compute, tracking, registry, endpoints, audit) and read here and
+nowhere else: ``MLRELEASE_BACKEND=local|azure`` is the profile that sets all of them, and
+``MLRELEASE_COMPUTE=local|databricks`` (likewise ``MLRELEASE_TRACKING``, ``MLRELEASE_REGISTRY``,
+``MLRELEASE_ENDPOINTS``, ``MLRELEASE_AUDIT``) overrides one.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BACKENDS = ("local", "azure")
+# The choices per concern, and what each profile picks. Only what is built is listed: asking for an
+# unbuilt backend fails here, naming the variable and the choices.
+CONCERN_CHOICES: dict[str, tuple[str, ...]] = {
+    "compute": ("local", "databricks"),
+    "tracking": ("local", "databricks"),
+    "registry": ("local",),
+    "endpoints": ("local",),
+    "audit": ("local",),
+}
+PROFILES: dict[str, dict[str, str]] = {
+    "local": {concern: "local" for concern in CONCERN_CHOICES},
+    "azure": {
+        "compute": "databricks",
+        "tracking": "databricks",
+        "registry": "azureml",
+        "endpoints": "aks",
+        "audit": "azure",
+    },
+}
+NOT_BUILT_YET = {
+    "azureml": "the Azure ML registry is the next issue (Azure ML registry and AKS endpoints)",
+    "aks": "AKS endpoints are the next issue (Azure ML registry and AKS endpoints)",
+    "azure": "an Azure audit store is the next issue (Azure ML registry and AKS endpoints)",
+}
+SETTINGS_FILE = "settings.env"
+DEFAULT_DATABRICKS_CONN_ID = "databricks_default"
 DEFAULT_MODEL_NAME = "income-classifier"
 DEFAULT_EXPERIMENT_NAME = "income-release"
 ENDPOINTS = ("test", "prod")
@@ -36,11 +69,51 @@ def _default_jobs_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class DatabricksSettings:
+    """Where and how the training job runs on Databricks; nothing secret (that is the connection).
+
+    The defaults would work on an Azure Databricks workspace with Unity Catalog and Databricks Runtime
+    17.3 LTS (Spark 4.0); docs/databricks.md explains each one.
+    """
+
+    conn_id: str = DEFAULT_DATABRICKS_CONN_ID
+    experiment: str = "/Shared/mlrelease/income-release"
+    volume: str = "/Volumes/main/mlrelease/files"  # data, job file, wheel and MLflow artifacts go here
+    job_source: str = "volume"  # volume (uploaded by the task) | workspace | git
+    job_file: str | None = None  # workspace: /Workspace/... path; git: path in the repository
+    git_url: str | None = None
+    git_provider: str = "gitHub"
+    git_branch: str | None = None
+    git_commit: str | None = None
+    existing_cluster_id: str | None = None
+    spark_version: str = "17.3.x-scala2.13"
+    node_type_id: str = "Standard_D4ds_v5"
+    num_workers: int = 2
+    autoscale: tuple[int, int] | None = None
+    spark_conf: dict[str, str] = field(default_factory=dict)
+    data_security_mode: str = "SINGLE_USER"
+    wheel: str | None = None  # local path of this package's wheel; default dist/mlrelease-<ver>-*.whl
+    polling_seconds: int = 30
+    run_timeout_seconds: int = 7200
+
+    @property
+    def artifact_location(self) -> str:
+        """MLflow artifacts on the volume (Files API), readable by the registration step's client."""
+        return f"dbfs:{self.volume}/mlflow/{self.experiment.strip('/').replace('/', '-')}"
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Where local state lives and which backend runs the work."""
+    """Where local state lives and which backend runs each part of the work."""
 
     home: Path
     backend: str
+    compute: str
+    tracking: str
+    registry: str
+    endpoints: str
+    audit: str
+    databricks: DatabricksSettings
     jobs_dir: Path
     tracking_uri: str
     artifact_root: Path
@@ -52,6 +125,11 @@ class Settings:
     default_holdout_path: str | None
     mlflow_ui_url: str | None
     endpoint_ports: dict[str, int]
+
+    @property
+    def compute_runs_dir(self) -> Path:
+        """One directory per local Spark run (driver log, exit code, result), found again by run id."""
+        return self.home / "compute" / "runs"
 
     @property
     def data_cache_dir(self) -> Path:
@@ -79,17 +157,148 @@ class Settings:
             directory.mkdir(parents=True, exist_ok=True)
 
 
+def read_settings_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``#`` comments, optional quotes); ValueError naming the line otherwise."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{path}:{number}: expected KEY=value, got {raw!r}; fix or delete that line")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _choose(env: dict[str, str] | os._Environ, backend: str) -> dict[str, str]:
+    chosen = {}
+    for concern, choices in CONCERN_CHOICES.items():
+        variable = f"MLRELEASE_{concern.upper()}"
+        value = (env.get(variable) or PROFILES[backend][concern]).strip().lower()
+        if value not in choices:
+            why = NOT_BUILT_YET.get(value)
+            raise ValueError(
+                f"{variable}={value!r}"
+                + (f" (from MLRELEASE_BACKEND={backend})" if not env.get(variable) else "")
+                + (f" is not built yet: {why}." if why else " is not a known choice.")
+                + f" Set {variable} to one of {', '.join(choices)}."
+            )
+        chosen[concern] = value
+    if chosen["compute"] == "databricks" and chosen["tracking"] != "databricks":
+        raise ValueError(
+            "MLRELEASE_COMPUTE=databricks needs MLRELEASE_TRACKING=databricks: a Databricks cluster logs its "
+            "child runs to the workspace's MLflow, not to this machine's. Set MLRELEASE_TRACKING=databricks."
+        )
+    return chosen
+
+
+def _int(env, variable: str, default: int) -> int:
+    raw = env.get(variable)
+    if raw in (None, ""):
+        return default
+    if not raw.strip().isdigit():
+        raise ValueError(f"{variable}={raw!r} is not a whole number; set it to e.g. {default}")
+    return int(raw)
+
+
+def _databricks(env) -> DatabricksSettings:
+    get = env.get
+    autoscale = None
+    if raw := get("MLRELEASE_DATABRICKS_AUTOSCALE"):
+        low, _, high = raw.partition(":")
+        if not (low.isdigit() and high.isdigit() and 0 < int(low) <= int(high)):
+            raise ValueError(
+                f"MLRELEASE_DATABRICKS_AUTOSCALE={raw!r}: expected MIN:MAX workers, e.g. 2:8 (or unset it "
+                "and set MLRELEASE_DATABRICKS_NUM_WORKERS)"
+            )
+        autoscale = (int(low), int(high))
+    spark_conf = {}
+    if raw := get("MLRELEASE_DATABRICKS_SPARK_CONF"):
+        try:
+            spark_conf = json.loads(raw)
+        except ValueError as error:
+            raise ValueError(
+                f"MLRELEASE_DATABRICKS_SPARK_CONF is not JSON ({error}); set it to an object such as "
+                '{"spark.sql.shuffle.partitions": "64"}'
+            ) from error
+        if not isinstance(spark_conf, dict):
+            raise ValueError("MLRELEASE_DATABRICKS_SPARK_CONF must be a JSON object of Spark conf keys")
+    job_source = (get("MLRELEASE_DATABRICKS_JOB_SOURCE") or "volume").strip().lower()
+    if job_source not in ("volume", "workspace", "git"):
+        raise ValueError(
+            f"MLRELEASE_DATABRICKS_JOB_SOURCE={job_source!r}: choose volume (the task uploads "
+            "jobs/train_income.py), workspace (a /Workspace/... file you deploy) or git (a repository)"
+        )
+    job_file = get("MLRELEASE_DATABRICKS_JOB_FILE") or None
+    if job_source == "workspace" and not (job_file or "").startswith("/Workspace/"):
+        raise ValueError(
+            "MLRELEASE_DATABRICKS_JOB_SOURCE=workspace needs MLRELEASE_DATABRICKS_JOB_FILE=/Workspace/... "
+            "(where you deployed jobs/train_income.py)"
+        )
+    if job_source == "git" and not get("MLRELEASE_DATABRICKS_GIT_URL"):
+        raise ValueError("MLRELEASE_DATABRICKS_JOB_SOURCE=git needs MLRELEASE_DATABRICKS_GIT_URL")
+    volume = (get("MLRELEASE_DATABRICKS_VOLUME") or DatabricksSettings.volume).rstrip("/")
+    if not volume.startswith("/Volumes/") or volume.count("/") < 4:
+        raise ValueError(
+            f"MLRELEASE_DATABRICKS_VOLUME={volume!r}: expected a Unity Catalog volume path "
+            "/Volumes/<catalog>/<schema>/<volume>[/dir]"
+        )
+    experiment = get("MLRELEASE_DATABRICKS_EXPERIMENT") or DatabricksSettings.experiment
+    if not experiment.startswith("/"):
+        raise ValueError(
+            f"MLRELEASE_DATABRICKS_EXPERIMENT={experiment!r}: Databricks experiments are workspace paths; "
+            "use an absolute one such as /Shared/mlrelease/income-release"
+        )
+    return DatabricksSettings(
+        conn_id=get("MLRELEASE_DATABRICKS_CONN_ID") or DEFAULT_DATABRICKS_CONN_ID,
+        experiment=experiment,
+        volume=volume,
+        job_source=job_source,
+        job_file=job_file or ("jobs/train_income.py" if job_source == "git" else None),
+        git_url=get("MLRELEASE_DATABRICKS_GIT_URL") or None,
+        git_provider=get("MLRELEASE_DATABRICKS_GIT_PROVIDER") or DatabricksSettings.git_provider,
+        git_branch=get("MLRELEASE_DATABRICKS_GIT_BRANCH") or None,
+        git_commit=get("MLRELEASE_DATABRICKS_GIT_COMMIT") or None,
+        existing_cluster_id=get("MLRELEASE_DATABRICKS_CLUSTER_ID") or None,
+        spark_version=get("MLRELEASE_DATABRICKS_SPARK_VERSION") or DatabricksSettings.spark_version,
+        node_type_id=get("MLRELEASE_DATABRICKS_NODE_TYPE") or DatabricksSettings.node_type_id,
+        num_workers=_int(env, "MLRELEASE_DATABRICKS_NUM_WORKERS", DatabricksSettings.num_workers),
+        autoscale=autoscale,
+        spark_conf={str(k): str(v) for k, v in spark_conf.items()},
+        data_security_mode=get("MLRELEASE_DATABRICKS_DATA_SECURITY_MODE")
+        or DatabricksSettings.data_security_mode,
+        wheel=get("MLRELEASE_DATABRICKS_WHEEL") or None,
+        polling_seconds=_int(env, "MLRELEASE_DATABRICKS_POLLING_SECONDS", DatabricksSettings.polling_seconds),
+        run_timeout_seconds=_int(
+            env, "MLRELEASE_DATABRICKS_RUN_TIMEOUT_SECONDS", DatabricksSettings.run_timeout_seconds
+        ),
+    )
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Build :class:`Settings` from the environment; raises ValueError naming the bad variable."""
-    env = os.environ if environ is None else environ
-    home = Path(env.get("MLRELEASE_HOME") or _default_home()).expanduser().resolve()
+    """Build :class:`Settings` from the environment and the home's settings file.
+
+    Raises ValueError naming the bad variable and what to set it to.
+    """
+    given = os.environ if environ is None else environ
+    home = Path(given.get("MLRELEASE_HOME") or _default_home()).expanduser().resolve()
+    env = {**read_settings_file(home / SETTINGS_FILE), **given}
     backend = env.get("MLRELEASE_BACKEND", "local").strip().lower()
     if backend not in BACKENDS:
         raise ValueError(
             f"MLRELEASE_BACKEND={backend!r} is not a known backend; set it to one of {', '.join(BACKENDS)}"
         )
+    chosen = _choose(env, backend)
+    databricks = _databricks(env)
     artifact_root = Path(env.get("MLRELEASE_ARTIFACT_ROOT") or home / "mlartifacts").expanduser().resolve()
-    tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+    if chosen["tracking"] == "databricks":
+        # The workspace's MLflow; host and token come from the Databricks Airflow connection at run time.
+        tracking_uri = "databricks"
+    else:
+        tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     ports: dict[str, int] = {}
     for endpoint in ENDPOINTS:
         variable = f"MLRELEASE_{endpoint.upper()}_ENDPOINT_PORT"
@@ -102,10 +311,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     return Settings(
         home=home,
         backend=backend,
+        **chosen,
+        databricks=databricks,
         jobs_dir=Path(env.get("MLRELEASE_JOBS_DIR") or _default_jobs_dir()).expanduser().resolve(),
         tracking_uri=tracking_uri,
         artifact_root=artifact_root,
-        experiment_name=env.get("MLRELEASE_EXPERIMENT", DEFAULT_EXPERIMENT_NAME),
+        experiment_name=env.get("MLRELEASE_EXPERIMENT")
+        or (databricks.experiment if chosen["tracking"] == "databricks" else DEFAULT_EXPERIMENT_NAME),
         model_name=env.get("MLRELEASE_MODEL_NAME", DEFAULT_MODEL_NAME),
         spark_master=env.get("MLRELEASE_SPARK_MASTER", "local[*]"),
         spark_driver_memory=env.get("MLRELEASE_SPARK_DRIVER_MEMORY", "2g"),

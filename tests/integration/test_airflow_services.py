@@ -117,7 +117,7 @@ def test_triggered_and_scheduled_runs_under_real_services(services):
     training_log = task_log_text(client, manual_run, "train_candidates")
     application_id = parents[manual_run]["spark.application_id"]
     assert f"Spark application {application_id} finished" in training_log
-    assert str(home / "logs" / "spark") in training_log
+    assert str(home / "compute" / "runs") in training_log
     parent_id = next(
         r.info.run_id
         for r in mlflow_client.search_runs([experiment.experiment_id], "tags.`mlrelease.role` = 'parent'")

@@ -1,8 +1,15 @@
-"""The one switch table that picks local or cloud backends (``MLRELEASE_BACKEND``)."""
+"""The one switch table that picks a backend per concern (see ``mlrelease.settings``).
+
+``MLRELEASE_BACKEND=local|azure`` is the profile; ``MLRELEASE_COMPUTE``, ``MLRELEASE_TRACKING`` (and
+the others) override one concern. Each entry builds its backend lazily: nothing cloud is imported on
+the local path.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from mlrelease.backends.base import (
     AuditLog,
@@ -23,33 +30,70 @@ class Backends:
     endpoints: EndpointBackend
 
 
-def _local(settings: Settings) -> Backends:
-    from mlrelease.backends.local.audit import SqliteAuditLog
-    from mlrelease.backends.local.endpoints import LocalEndpoints
-    from mlrelease.backends.local.mlflow_store import MlflowRegistry, MlflowTracker
+def _local_compute(settings: Settings) -> ComputeBackend:
     from mlrelease.backends.local.spark import LocalSparkCompute
 
-    settings.ensure_dirs()
-    return Backends(
-        compute=LocalSparkCompute(
-            settings.jobs_dir, settings.logs_dir, settings.spark_master, settings.spark_driver_memory
-        ),
-        tracker=MlflowTracker(settings.tracking_uri, settings.artifact_root, settings.mlflow_ui_url),
-        registry=MlflowRegistry(settings.tracking_uri, settings.mlflow_ui_url),
-        audit=SqliteAuditLog(settings.audit_db_path),
-        endpoints=LocalEndpoints(settings.endpoints_dir, settings.endpoint_ports, settings.audit_db_path),
+    return LocalSparkCompute(
+        settings.jobs_dir, settings.compute_runs_dir, settings.spark_master, settings.spark_driver_memory
     )
 
 
-def _azure(settings: Settings) -> Backends:
-    raise NotImplementedError(
-        "MLRELEASE_BACKEND=azure (Databricks compute, Azure ML registry, AKS endpoints) is not built yet; "
-        "it is the 'cloud backends' issue. Set MLRELEASE_BACKEND=local to run on this machine."
-    )
+def _databricks_compute(settings: Settings) -> ComputeBackend:
+    from mlrelease.backends.azure.databricks import DatabricksCompute
+
+    return DatabricksCompute(settings.databricks, settings.jobs_dir, settings.home)
 
 
-_BACKENDS = {"local": _local, "azure": _azure}
+def _local_tracker(settings: Settings) -> ExperimentTracker:
+    from mlrelease.backends.local.mlflow_store import MlflowTracker
+
+    return MlflowTracker(settings.tracking_uri, settings.artifact_root.as_uri(), settings.mlflow_ui_url)
+
+
+def _databricks_tracker(settings: Settings) -> ExperimentTracker:
+    from mlrelease.backends.local.mlflow_store import DatabricksMlflowTracker
+
+    return DatabricksMlflowTracker(settings.databricks.artifact_location)
+
+
+def _mlflow_registry(settings: Settings) -> ModelRegistry:
+    """The MLflow registry of the tracking server: local SQLite, or the Databricks workspace's."""
+    from mlrelease.backends.local.mlflow_store import DatabricksMlflowRegistry, MlflowRegistry
+
+    if settings.tracking == "databricks":
+        return DatabricksMlflowRegistry()
+    return MlflowRegistry(settings.tracking_uri, settings.mlflow_ui_url)
+
+
+def _local_audit(settings: Settings) -> AuditLog:
+    from mlrelease.backends.local.audit import SqliteAuditLog
+
+    return SqliteAuditLog(settings.audit_db_path)
+
+
+def _local_endpoints(settings: Settings) -> EndpointBackend:
+    from mlrelease.backends.local.endpoints import LocalEndpoints
+
+    return LocalEndpoints(settings.endpoints_dir, settings.endpoint_ports, settings.audit_db_path)
+
+
+# concern -> choice -> builder. settings.CONCERN_CHOICES lists the same choices (and refuses others).
+SWITCH: dict[str, dict[str, Callable[[Settings], Any]]] = {
+    "compute": {"local": _local_compute, "databricks": _databricks_compute},
+    "tracking": {"local": _local_tracker, "databricks": _databricks_tracker},
+    "registry": {"local": _mlflow_registry},
+    "endpoints": {"local": _local_endpoints},
+    "audit": {"local": _local_audit},
+}
 
 
 def get_backends(settings: Settings) -> Backends:
-    return _BACKENDS[settings.backend](settings)
+    settings.ensure_dirs()
+    built = {concern: SWITCH[concern][getattr(settings, concern)](settings) for concern in SWITCH}
+    return Backends(
+        compute=built["compute"],
+        tracker=built["tracking"],
+        registry=built["registry"],
+        audit=built["audit"],
+        endpoints=built["endpoints"],
+    )

@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +35,10 @@ class TrainingRequest:
     champion_model_uri: str | None = None
     champion_version: str | None = None
 
-    def job_arguments(self, candidates_arg: str, result_path: str | None = None) -> list[str]:
+    def job_arguments(self, candidates_arg: str | None = None, result_path: str | None = None) -> list[str]:
+        """The job's command line, the same on every compute backend; candidates inline unless given."""
+        if candidates_arg is None:
+            candidates_arg = json.dumps(self.candidates, separators=(",", ":"))
         args = [
             "--train-path",
             self.train_path,
@@ -69,12 +75,83 @@ class TrainingJobError(RuntimeError):
     """The training job ran but failed; the message carries its log location and last lines."""
 
 
+class JobLifeCycle(StrEnum):
+    """Where a submitted job is: the same words as Databricks' ``life_cycle_state``."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    TERMINATING = "TERMINATING"
+    TERMINATED = "TERMINATED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class JobResult(StrEnum):
+    SUCCESS = "SUCCESS"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A submitted training job: its run id on the compute backend and where a person can watch it."""
+
+    run_id: str
+    url: str
+
+
+@dataclass(frozen=True)
+class JobState:
+    life_cycle: JobLifeCycle
+    result: JobResult | None = None
+    message: str = ""
+
+    @property
+    def is_active(self) -> bool:
+        return self.life_cycle in (JobLifeCycle.PENDING, JobLifeCycle.RUNNING, JobLifeCycle.TERMINATING)
+
+    @property
+    def is_successful(self) -> bool:
+        return self.life_cycle is JobLifeCycle.TERMINATED and self.result is JobResult.SUCCESS
+
+    def encode(self) -> str:
+        """``LIFE_CYCLE:RESULT``, the one-string status Airflow's ResumableJobMixin compares."""
+        return f"{self.life_cycle.value}:{self.result.value if self.result else ''}"
+
+    def __str__(self) -> str:
+        text = self.life_cycle.value + (f" ({self.result.value})" if self.result else "")
+        return f"{text}: {self.message}" if self.message else text
+
+
 class ComputeBackend(Protocol):
+    """Runs the training job, addressed by run id so that a restarted worker can find its job again.
+
+    ``submit`` is idempotent per ``submission_key`` (the same key returns the same run, as Databricks'
+    ``idempotency_token`` does); the caller keeps the run id (Airflow: the task's state store) and,
+    after a crash, asks ``state`` and reattaches instead of submitting again.
+    """
+
     name: str
 
-    def run_training(self, request: TrainingRequest) -> TrainingJobResult: ...
+    def submit(self, request: TrainingRequest, submission_key: str) -> JobHandle: ...
 
-    def cancel(self) -> None: ...
+    def state(self, run_id: str) -> JobState: ...
+
+    def result(self, run_id: str) -> TrainingJobResult:
+        """The finished job's result; TrainingJobError naming the log when it did not succeed."""
+        ...
+
+    def cancel(self, run_id: str) -> None: ...
+
+    def url(self, run_id: str) -> str: ...
+
+
+def submission_key(*parts: object) -> str:
+    """A job's idempotency key, at most 64 characters (Databricks' limit) whatever the inputs.
+
+    Callers put the try number in: a retry after a *failed* run must get a new run, whereas a repeated
+    request within one try (a lost HTTP response retried) must get the same one.
+    """
+    return "mlrelease-" + hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:48]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SELECTION_METRICS = ("areaUnderROC", "areaUnderPR", "f1", "accuracy", "precision", "recall")
+DEFAULT_SELECTION_METRIC = "areaUnderROC"
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class NoEligibleCandidateError(RuntimeError):
     """No child run has the selection metric; nothing can be chosen."""
 
 
-def select_winner(results: list[CandidateResult], metric: str = "areaUnderROC") -> CandidateResult:
+def select_winner(results: list[CandidateResult], metric: str = DEFAULT_SELECTION_METRIC) -> CandidateResult:
     """The best child run on the *validation* metric (``val_<metric>``).
 
     Ties break on the candidate name so the choice is deterministic across retries. The held-out

@@ -19,18 +19,7 @@ from mlrelease.domain.schema import (
     POSITIVE_LABEL,
     RAW_COLUMN_ORDER,
 )
-
-
-@dataclass(frozen=True)
-class ValidationPolicy:
-    """Thresholds for :func:`validate_frame`; defaults suit the Adult data and similar tabular sets."""
-
-    min_rows: int = 1_000
-    max_missing_share: float = 0.10
-    min_positive_share: float = 0.05
-    max_positive_share: float = 0.95
-    non_negative_columns: tuple[str, ...] = NUMERIC_FEATURES
-    max_age: int = 120
+from mlrelease.domain.validation_policy import ValidationPolicy
 
 
 @dataclass(frozen=True)

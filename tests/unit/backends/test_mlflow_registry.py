@@ -20,7 +20,7 @@ class TinyModel(mlflow.pyfunc.PythonModel):
 @pytest.fixture
 def store(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = MlflowTracker(uri, tmp_path / "artifacts")
+    tracker = MlflowTracker(uri, (tmp_path / "artifacts").as_uri())
     experiment_id = tracker.experiment_id("exp")
     client = tracker.client
     run = client.create_run(experiment_id, run_name="child")

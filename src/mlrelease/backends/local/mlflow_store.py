@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from functools import cached_property
@@ -48,15 +49,18 @@ class _MlflowStore:
 class MlflowTracker(_MlflowStore):
     """Parent and child runs in MLflow."""
 
-    def __init__(self, tracking_uri: str, artifact_root: Path, ui_url: str | None = None) -> None:
+    def __init__(self, tracking_uri: str, artifact_root: str, ui_url: str | None = None) -> None:
         super().__init__(tracking_uri, ui_url)
-        self.artifact_root = artifact_root
+        self.artifact_root = artifact_root.rstrip("/")
+
+    def artifact_location(self, experiment_name: str) -> str:
+        return f"{self.artifact_root}/{experiment_name}"
 
     def experiment_id(self, name: str) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
-        location = (self.artifact_root / name).as_uri()
+        location = self.artifact_location(name)
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except Exception:  # created concurrently by another task: use that one
@@ -262,3 +266,43 @@ class MlflowRegistry(_MlflowStore):
         if self.ui_url:
             return f"{self.ui_url}/#/models/{ref.name}/versions/{ref.version}"
         return f"{ref.uri} in {redact_uri(self.tracking_uri)}"
+
+
+def databricks_host() -> str:
+    """The workspace URL the MLflow client talks to (set from the Airflow connection by the task)."""
+    host = os.environ.get("DATABRICKS_HOST", "").rstrip("/")
+    if not host:
+        raise RuntimeError(
+            "DATABRICKS_HOST is not set: the tracking store is the Databricks workspace's MLflow. Airflow "
+            "tasks set it from the Databricks connection; on the command line export DATABRICKS_HOST and "
+            "DATABRICKS_TOKEN (or use a Databricks CLI profile)."
+        )
+    return host if "://" in host else f"https://{host}"
+
+
+class DatabricksMlflowTracker(MlflowTracker):
+    """The workspace's MLflow (tracking URI ``databricks``), with artifacts on a Unity Catalog volume.
+
+    Every experiment gets the same artifact location on the volume: the MLflow client then reads and
+    writes artifacts through the workspace's Files API, so the registration step (outside Databricks)
+    can download the portable model with the same client that the cluster used to log it.
+    """
+
+    def __init__(self, artifact_location: str) -> None:
+        super().__init__("databricks", artifact_location)
+
+    def artifact_location(self, experiment_name: str) -> str:
+        return self.artifact_root
+
+    def run_url(self, run: RunInfo) -> str:
+        return f"{databricks_host()}/ml/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
+class DatabricksMlflowRegistry(MlflowRegistry):
+    """The workspace model registry of the Databricks MLflow (registry URI ``databricks``)."""
+
+    def __init__(self) -> None:
+        super().__init__("databricks")
+
+    def version_url(self, ref: ModelVersionRef) -> str:
+        return f"{databricks_host()}/ml/models/{ref.name}/versions/{ref.version}"
