@@ -1,7 +1,8 @@
-"""Benchmark: prepare features once and cache them (what jobs/train_income.py does) vs. per candidate.
+"""Benchmark: prepare features once and cache them (what the training job does) vs. per candidate.
 
-The training job fits the feature pipeline (imputer, indexers, one-hot encoder, assembler) once on the
-training split, caches the transformed train/validation/test frames, and fits every candidate on them.
+The training job (jobs/train_income.py, code in mlrelease.training) fits the feature pipeline (imputer,
+indexers, one-hot encoder, assembler) once on the training split, caches the transformed
+train/validation/test frames, and fits every candidate on them.
 The baseline, in the same Spark session and run, fits a full Pipeline(features + classifier) per
 candidate from the raw, uncached data, as a naive job would. Both must give the same metrics; the
 table shows the wall time of each and the ratio.
@@ -12,20 +13,19 @@ table shows the wall time of each and the ratio.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from mlrelease.training.estimators import make_estimator
+from mlrelease.training.evaluation import evaluate
+from mlrelease.training.features import (
+    add_label,
+    build_feature_stages,
+    prepare_features,
+    split_train_validation,
+)
+
 DEFAULT = "lr_reg_0.01,lr_reg_0.5,dt_depth_5,dt_depth_10,rf_100_depth_8"
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("train_income", ROOT / "jobs" / "train_income.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def local_spark(master: str):
@@ -42,41 +42,41 @@ def local_spark(master: str):
     return spark
 
 
-def cached_once(job, candidates, train_raw, validation_raw, test_raw, seed):
+def cached_once(candidates, train_raw, validation_raw, test_raw, seed):
     started = time.perf_counter()
-    _, frames = job.prepare_features(train_raw, validation_raw, test_raw)
+    _, frames = prepare_features(train_raw, validation_raw, test_raw)
     for frame in frames:
         frame.count()
     results = {}
     for candidate in candidates:
-        model = job.make_estimator(candidate, seed=seed).fit(frames[0])
+        model = make_estimator(candidate, seed=seed).fit(frames[0])
         results[candidate["name"]] = (
-            job.evaluate(model.transform(frames[1]))["areaUnderROC"],
-            job.evaluate(model.transform(frames[2]))["areaUnderROC"],
+            evaluate(model.transform(frames[1]))["areaUnderROC"],
+            evaluate(model.transform(frames[2]))["areaUnderROC"],
         )
     for frame in frames:
         frame.unpersist()
     return time.perf_counter() - started, results
 
 
-def per_candidate(job, candidates, train_raw, validation_raw, test_raw, seed):
+def per_candidate(candidates, train_raw, validation_raw, test_raw, seed):
     from pyspark.ml import Pipeline
 
     started = time.perf_counter()
     results = {}
     for candidate in candidates:
-        model = Pipeline(stages=[*job.build_feature_stages(), job.make_estimator(candidate, seed=seed)]).fit(
+        model = Pipeline(stages=[*build_feature_stages(), make_estimator(candidate, seed=seed)]).fit(
             train_raw
         )
         results[candidate["name"]] = (
-            job.evaluate(model.transform(validation_raw))["areaUnderROC"],
-            job.evaluate(model.transform(test_raw))["areaUnderROC"],
+            evaluate(model.transform(validation_raw))["areaUnderROC"],
+            evaluate(model.transform(test_raw))["areaUnderROC"],
         )
     return time.perf_counter() - started, results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", default=DEFAULT)
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--seed", type=int, default=42)
@@ -87,18 +87,17 @@ def main() -> int:
     from mlrelease.domain.candidates import resolve_candidates
     from mlrelease.settings import load_settings
 
-    job = load_job()
     candidates = [c.to_dict() for c in resolve_candidates(args.candidates.split(","))]
     prepared = prepare_dataset(load_settings().data_cache_dir)
     spark = local_spark(args.master)
-    raw = job.add_label(spark.read.parquet(str(prepared.train_path)))
-    test_raw = job.add_label(spark.read.parquet(str(prepared.holdout_path)))
-    train_raw, validation_raw = job.split_train_validation(raw, 0.2, args.seed)
+    raw = add_label(spark.read.parquet(str(prepared.train_path)))
+    test_raw = add_label(spark.read.parquet(str(prepared.holdout_path)))
+    train_raw, validation_raw = split_train_validation(raw, 0.2, args.seed)
 
     # Warm-up: JIT and class loading would otherwise be charged to whichever approach runs first.
-    cached_once(job, candidates[:1], train_raw, validation_raw, test_raw, args.seed)
-    baseline_s, baseline = per_candidate(job, candidates, train_raw, validation_raw, test_raw, args.seed)
-    cached_s, cached = cached_once(job, candidates, train_raw, validation_raw, test_raw, args.seed)
+    cached_once(candidates[:1], train_raw, validation_raw, test_raw, args.seed)
+    baseline_s, baseline = per_candidate(candidates, train_raw, validation_raw, test_raw, args.seed)
+    cached_s, cached = cached_once(candidates, train_raw, validation_raw, test_raw, args.seed)
     spark.stop()
 
     mismatched = [n for n in baseline if abs(baseline[n][0] - cached[n][0]) > 1e-9]

@@ -1,20 +1,19 @@
 """Parity: the NumPy scorer must reproduce Spark on every row of adult.test, for every algorithm family.
 
 Why this test exists: serving without a JVM is only acceptable if nobody can tell the difference. Each
-family is fitted on the real adult.data through the job's own functions (``prepare_features``,
-``make_estimator``, the ``PipelineModel`` that ``fit_candidate`` logs), exported with ``export_portable``
+family is fitted on the real adult.data through the job's own functions in ``mlrelease.training``
+(``prepare_features``, ``make_estimator``, the ``PipelineModel`` that ``fit_candidate`` logs), exported
+with ``export_portable``
 and scored both ways on all 16,281 raw rows of adult.test (plus a few rows that exercise the cleaning
 rules). Labels must be identical and P(>50K) within 1e-6.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,26 +26,25 @@ from pyspark.ml import PipelineModel  # noqa: E402
 from pyspark.sql import functions as F  # noqa: E402
 
 from mlrelease.domain.candidates import CANDIDATES  # noqa: E402
+from mlrelease.domain.schema import (  # noqa: E402
+    CATEGORICAL_FEATURES,
+    NEGATIVE_LABEL,
+    NUMERIC_FEATURES,
+    POSITIVE_LABEL,
+)
 from mlrelease.serving.portable import PortableModel  # noqa: E402
+from mlrelease.training.estimators import make_estimator  # noqa: E402
+from mlrelease.training.features import add_label, prepare_features  # noqa: E402
+from mlrelease.training.portable_export import export_portable  # noqa: E402
 
 pytestmark = [pytest.mark.spark, pytest.mark.network]
 
-ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-6
 FAMILIES = ["lr_reg_0.01", "dt_depth_1", "dt_depth_5", "rf_100_depth_8", "gbt_50_depth_5"]
 ROW = "__row"
 
 
-def load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_income_parity", ROOT / "jobs" / "train_income.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-job = load_job()
-FEATURES = job.NUMERIC_COLUMNS + job.CATEGORICAL_COLUMNS
+FEATURES = [*NUMERIC_FEATURES, *CATEGORICAL_FEATURES]
 
 
 SPARK_CORES = 2  # the spark fixture (tests/jobs/conftest.py) reads these
@@ -64,9 +62,9 @@ def adult(session_home: Path):
 @pytest.fixture(scope="module")
 def fitted(spark, adult):
     """The job's feature stages fitted once on all of adult.data, and the cached training features."""
-    train_raw = job.add_label(spark.read.parquet(str(adult.train_path)))
-    test_raw = job.add_label(spark.read.parquet(str(adult.holdout_path)))
-    feature_model, frames = job.prepare_features(train_raw, test_raw.limit(1), test_raw.limit(1))
+    train_raw = add_label(spark.read.parquet(str(adult.train_path)))
+    test_raw = add_label(spark.read.parquet(str(adult.holdout_path)))
+    feature_model, frames = prepare_features(train_raw, test_raw.limit(1), test_raw.limit(1))
     yield feature_model, frames[0]
     for frame in frames:
         frame.unpersist()
@@ -114,8 +112,8 @@ def edge_rows(spark):
         {"capital_gain": 0.0, "age": 17.0, "education_num": 16.0},
     ]
     records = [{**base, **variant} for variant in variants]
-    schema = ", ".join(f"`{c}` double" for c in job.NUMERIC_COLUMNS) + ", "
-    schema += ", ".join(f"`{c}` string" for c in job.CATEGORICAL_COLUMNS) + f", `{ROW}` long"
+    schema = ", ".join(f"`{c}` double" for c in NUMERIC_FEATURES) + ", "
+    schema += ", ".join(f"`{c}` string" for c in CATEGORICAL_FEATURES) + f", `{ROW}` long"
     frame = spark.createDataFrame([(*(r[c] for c in FEATURES), i) for i, r in enumerate(records)], schema)
     return frame, records
 
@@ -123,7 +121,7 @@ def edge_rows(spark):
 def spark_scores(model: PipelineModel, frame) -> tuple[list[float], list[str]]:
     rows = model.transform(frame).select(ROW, "probability", "prediction").orderBy(ROW).collect()
     probabilities = [float(row["probability"][1]) for row in rows]
-    labels = [job.POSITIVE_LABEL if row["prediction"] == 1.0 else job.NEGATIVE_LABEL for row in rows]
+    labels = [POSITIVE_LABEL if row["prediction"] == 1.0 else NEGATIVE_LABEL for row in rows]
     return probabilities, labels
 
 
@@ -141,11 +139,11 @@ def assert_parity(name: str, spark_result, scored) -> float:
 def test_numpy_scorer_matches_spark_on_all_of_adult_test(name, spark, fitted, test_rows, edge_rows, tmp_path):
     feature_model, train_features = fitted
     candidate = CANDIDATES[name].to_dict()
-    classifier = job.make_estimator(candidate, seed=42).fit(train_features)
+    classifier = make_estimator(candidate, seed=42).fit(train_features)
     model = PipelineModel(stages=list(feature_model.stages) + [classifier])  # as fit_candidate builds it
 
     started = time.perf_counter()
-    document = job.export_portable(model, spark.version)
+    document = export_portable(model, spark.version)
     export_seconds = time.perf_counter() - started
     path = tmp_path / "portable_model.json"
     path.write_text(json.dumps(document, separators=(",", ":"), allow_nan=False))
@@ -185,8 +183,8 @@ def test_bulk_tree_export_equals_the_node_by_node_walk(name, fitted):
     candidate = {**CANDIDATES[name].to_dict()}
     if name.startswith("gbt"):
         candidate["params"] = {**candidate["params"], "maxIter": 5}  # a few trees are enough here
-    classifier = job.make_estimator(candidate, seed=42).fit(train_features)
+    classifier = make_estimator(candidate, seed=42).fit(train_features)
     model = PipelineModel(stages=list(feature_model.stages) + [classifier])
-    bulk = job.export_portable(model, "x", tree_method="json4s")
-    walked = job.export_portable(model, "x", tree_method="py4j")
+    bulk = export_portable(model, "x", tree_method="json4s")
+    walked = export_portable(model, "x", tree_method="py4j")
     assert bulk == walked

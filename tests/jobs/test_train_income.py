@@ -1,15 +1,14 @@
-"""Tests for jobs/train_income.py (a standalone Spark entrypoint, imported here by file path)."""
+"""Tests for the Spark training job: ``mlrelease.training`` and its entrypoint ``jobs/train_income.py``."""
 
 from __future__ import annotations
 
-import importlib.util
+import ast
 import json
 import os
 import random
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -22,6 +21,10 @@ mlflow = pytest.importorskip("mlflow")
 from mlflow.entities import ViewType  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
+
+from mlrelease import tags  # noqa: E402
+from mlrelease.domain.schema import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES  # noqa: E402
+from mlrelease.training import estimators, evaluation, features, portable_export, run  # noqa: E402
 
 pytestmark = pytest.mark.spark
 
@@ -36,17 +39,6 @@ RELATIONSHIPS = ["Not-in-family", "Husband", "Wife", "Own-child"]
 RACES = ["White", "Black", "Asian-Pac-Islander"]
 SEXES = ["Male", "Female"]
 COUNTRIES = ["United-States", "Mexico", "India"]
-
-
-def load_job() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_income_under_test", JOB_PATH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-job = load_job()
 
 
 def adult_rows(n: int, seed: int, test_suffix: bool = False) -> list[dict[str, Any]]:
@@ -84,11 +76,11 @@ def adult_rows(n: int, seed: int, test_suffix: bool = False) -> list[dict[str, A
     return rows
 
 
-RAW_COLUMNS = job.NUMERIC_COLUMNS + job.CATEGORICAL_COLUMNS + [job.LABEL_COLUMN]
+RAW_COLUMNS = [*NUMERIC_FEATURES, *CATEGORICAL_FEATURES, LABEL]
 RAW_SCHEMA = (
-    ", ".join(f"{c} bigint" for c in job.NUMERIC_COLUMNS)
+    ", ".join(f"{c} bigint" for c in NUMERIC_FEATURES)
     + ", "
-    + ", ".join(f"{c} string" for c in job.CATEGORICAL_COLUMNS + [job.LABEL_COLUMN])
+    + ", ".join(f"{c} string" for c in [*CATEGORICAL_FEATURES, LABEL])
 )
 
 
@@ -102,7 +94,7 @@ SPARK_PARTITIONS = 2
 
 @pytest.fixture(scope="module")
 def raw_df(spark):
-    return job.add_label(to_df(spark, adult_rows(200, seed=1))).cache()
+    return features.add_label(to_df(spark, adult_rows(200, seed=1))).cache()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,28 +102,33 @@ def raw_df(spark):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_column_constants_match_the_package_schema():
-    """The job keeps its own copy (it must not import mlrelease); this keeps the two from drifting."""
-    from mlrelease.domain import schema
-
-    assert tuple(job.CATEGORICAL_COLUMNS) == schema.CATEGORICAL_FEATURES
-    assert tuple(job.NUMERIC_COLUMNS) == schema.NUMERIC_FEATURES
-    assert job.LABEL_COLUMN == schema.LABEL
-    assert job.POSITIVE_LABEL == schema.POSITIVE_LABEL
-    assert job.NEGATIVE_LABEL == schema.NEGATIVE_LABEL
+def test_job_file_is_a_thin_entrypoint():
+    """The job file only hands over to mlrelease.training.run.main: no Spark code lives in it."""
+    source = JOB_PATH.read_text()
+    assert len(source.splitlines()) < 60
+    tree = ast.parse(source)
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert ("mlrelease.training.run", "main") in imported
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.ClassDef)]
+    assert 'if __name__ == "__main__":\n    sys.exit(main())' in source
 
 
 def test_portable_constants_match_the_scorer():
     from mlrelease.serving import portable
 
-    assert job.PORTABLE_FORMAT == portable.FORMAT
-    assert job.UNSEEN_ENCODING in portable.UNSEEN_ENCODINGS
+    assert portable_export.PORTABLE_FORMAT == portable.FORMAT
+    assert portable_export.UNSEEN_ENCODING in portable.UNSEEN_ENCODINGS
 
 
 def test_add_label_maps_positive_variants_and_keeps_rows(spark):
     incomes = [">50K", ">50K.", " >50K. ", "<=50K", "<=50K.", None, "", "unknown"]
     df = spark.createDataFrame([(i, v) for i, v in enumerate(incomes)], "id int, income string")
-    labelled = job.add_label(df)
+    labelled = features.add_label(df)
     assert dict(labelled.dtypes)["label"] == "double"
     got = {r["id"]: r["label"] for r in labelled.collect()}
     assert labelled.count() == len(incomes)
@@ -141,19 +138,19 @@ def test_add_label_maps_positive_variants_and_keeps_rows(spark):
 def test_unseen_and_null_categories_are_scored_not_dropped(spark, raw_df):
     from pyspark.ml import Pipeline, PipelineModel
 
-    stages = job.build_feature_stages()
+    stages = features.build_feature_stages()
     assert type(stages[0]).__name__ == "SQLTransformer"
     assert type(stages[-1]).__name__ == "VectorAssembler"
     feature_model = Pipeline(stages=stages).fit(raw_df)
-    classifier = job.make_estimator({"name": "lr", "algorithm": "LogisticRegression", "params": {}}).fit(
-        feature_model.transform(raw_df)
-    )
+    classifier = estimators.make_estimator(
+        {"name": "lr", "algorithm": "LogisticRegression", "params": {}}
+    ).fit(feature_model.transform(raw_df))
     model = PipelineModel(stages=list(feature_model.stages) + [classifier])
 
     unseen = adult_rows(3, seed=99)
     unseen[0]["workclass"] = "Never-seen-workclass"
     unseen[0]["native_country"] = "Atlantis"
-    for column in job.CATEGORICAL_COLUMNS:  # all categoricals missing
+    for column in CATEGORICAL_FEATURES:  # all categoricals missing
         unseen[1][column] = None
     unseen[1]["age"] = None  # and a missing numeric
     unseen[2]["education"] = "  "  # blank -> "?"
@@ -169,16 +166,18 @@ def test_unseen_and_null_categories_are_scored_not_dropped(spark, raw_df):
 def test_export_refuses_a_pipeline_it_cannot_reproduce(spark, raw_df):
     from pyspark.ml import Pipeline, PipelineModel
 
-    stages = job.build_feature_stages()
+    stages = features.build_feature_stages()
     stages[3].setDropLast(False)  # one-hot blocks one slot longer than the scorer expects
     feature_model = Pipeline(stages=stages).fit(raw_df)
-    classifier = job.make_estimator({"name": "lr", "algorithm": "LogisticRegression", "params": {}}).fit(
-        feature_model.transform(raw_df)
-    )
+    classifier = estimators.make_estimator(
+        {"name": "lr", "algorithm": "LogisticRegression", "params": {}}
+    ).fit(feature_model.transform(raw_df))
     with pytest.raises(ValueError, match=r"stage 3 .*dropLast=True.*build_feature_stages"):
-        job.export_portable(PipelineModel(stages=list(feature_model.stages) + [classifier]), "4.x")
+        portable_export.export_portable(
+            PipelineModel(stages=list(feature_model.stages) + [classifier]), "4.x"
+        )
     with pytest.raises(ValueError, match="expected 5 feature stages and a classifier, got 1"):
-        job.export_portable(PipelineModel(stages=[classifier]), "4.x")
+        portable_export.export_portable(PipelineModel(stages=[classifier]), "4.x")
 
 
 def test_evaluate_confusion_counts_and_ratios(spark):
@@ -190,7 +189,7 @@ def test_evaluate_confusion_counts_and_ratios(spark):
         [(label, pred, Vectors.dense([-s, s]), Vectors.dense([1 - s, s])) for label, pred, s in rows],
         ["label", "prediction", "rawPrediction", "probability"],
     )
-    metrics = job.evaluate(df)
+    metrics = evaluation.evaluate(df)
     assert (metrics["tp"], metrics["fp"], metrics["tn"], metrics["fn"]) == (3.0, 1.0, 4.0, 2.0)
     assert metrics["accuracy"] == pytest.approx(7 / 10)
     assert metrics["precision"] == pytest.approx(3 / 4)
@@ -198,7 +197,7 @@ def test_evaluate_confusion_counts_and_ratios(spark):
     assert metrics["f1"] == pytest.approx(2 * 0.75 * 0.6 / (0.75 + 0.6))
     assert 0.0 <= metrics["areaUnderROC"] <= 1.0
     assert 0.0 <= metrics["areaUnderPR"] <= 1.0
-    assert set(metrics) == set(job.METRIC_NAMES)
+    assert set(metrics) == set(evaluation.METRIC_NAMES)
 
 
 def test_evaluate_undefined_precision_is_zero(spark):
@@ -209,7 +208,7 @@ def test_evaluate_undefined_precision_is_zero(spark):
         [(label, pred, Vectors.dense([-s, s]), Vectors.dense([1 - s, s])) for label, pred, s in rows],
         ["label", "prediction", "rawPrediction", "probability"],
     )
-    metrics = job.evaluate(df)
+    metrics = evaluation.evaluate(df)
     assert metrics["tp"] == 0.0 and metrics["fp"] == 0.0
     assert metrics["precision"] == 0.0
     assert metrics["recall"] == 0.0
@@ -233,22 +232,22 @@ def test_auc_ranks_by_probability_not_by_tree_leaf_counts(spark):
     )
     # By probability: 9 of 12 positives outrank 7 of 8 negatives -> AUC = (9*7 + 0.5*(9*1 + 3*7))/(12*8).
     expected = (9 * 7 + 0.5 * (9 * 1 + 3 * 7)) / (12 * 8)
-    assert job.evaluate(df)["areaUnderROC"] == pytest.approx(expected)
+    assert evaluation.evaluate(df)["areaUnderROC"] == pytest.approx(expected)
 
 
 @pytest.mark.usefixtures("spark")  # pyspark.ml estimators wrap JVM objects
 def test_make_estimator_builds_configured_classifiers():
-    lr = job.make_estimator(
+    lr = estimators.make_estimator(
         {"name": "lr_reg_0.01", "algorithm": "LogisticRegression", "params": {"regParam": 0.01, "maxIter": 7}}
     )
     assert type(lr).__name__ == "LogisticRegression"
     assert lr.getRegParam() == 0.01 and lr.getMaxIter() == 7
     assert lr.getFeaturesCol() == "features" and lr.getLabelCol() == "label"
-    rf = job.make_estimator(
+    rf = estimators.make_estimator(
         {"name": "rf", "algorithm": "RandomForestClassifier", "params": {"numTrees": 5}}, seed=7
     )
     assert rf.getNumTrees() == 5 and rf.getSeed() == 7
-    gbt = job.make_estimator({"name": "gbt", "algorithm": "GBTClassifier", "params": {"maxIter": 3}})
+    gbt = estimators.make_estimator({"name": "gbt", "algorithm": "GBTClassifier", "params": {"maxIter": 3}})
     assert gbt.getSeed() == 42
 
 
@@ -273,7 +272,7 @@ def test_make_estimator_builds_configured_classifiers():
 @pytest.mark.usefixtures("spark")
 def test_make_estimator_rejects_bad_candidates(candidate, fragments):
     with pytest.raises(ValueError) as excinfo:
-        job.make_estimator(candidate)
+        estimators.make_estimator(candidate)
     for fragment in fragments:
         assert fragment in str(excinfo.value)
 
@@ -282,30 +281,30 @@ def test_parse_candidates_inline_and_from_file(tmp_path):
     candidates = [{"name": "a", "algorithm": "LogisticRegression", "params": {}}]
     path = tmp_path / "c.json"
     path.write_text(json.dumps(candidates))
-    assert job.parse_candidates(json.dumps(candidates)) == candidates
-    assert job.parse_candidates(f"@{path}") == candidates
+    assert estimators.parse_candidates(json.dumps(candidates)) == candidates
+    assert estimators.parse_candidates(f"@{path}") == candidates
     with pytest.raises(ValueError, match="duplicate"):
-        job.parse_candidates(json.dumps(candidates * 2))
+        estimators.parse_candidates(json.dumps(candidates * 2))
 
 
 def test_split_is_deterministic_and_loses_no_rows(raw_df):
     def ids(df):
         return sorted((r["fnlwgt"], r["age"]) for r in df.select("fnlwgt", "age").collect())
 
-    train_a, val_a = job.split_train_validation(raw_df, 0.25, seed=3)
-    train_b, val_b = job.split_train_validation(raw_df, 0.25, seed=3)
+    train_a, val_a = features.split_train_validation(raw_df, 0.25, seed=3)
+    train_b, val_b = features.split_train_validation(raw_df, 0.25, seed=3)
     assert train_a.count() + val_a.count() == raw_df.count() == 200
     assert ids(train_a) == ids(train_b) and ids(val_a) == ids(val_b)
     assert 20 <= val_a.count() <= 80
-    _, val_other = job.split_train_validation(raw_df, 0.25, seed=4)
+    _, val_other = features.split_train_validation(raw_df, 0.25, seed=4)
     assert ids(val_other) != ids(val_a)
     with pytest.raises(ValueError):
-        job.split_train_validation(raw_df, 1.0, seed=3)
+        features.split_train_validation(raw_df, 1.0, seed=3)
 
 
 def test_redact_uri_hides_credentials():
-    assert job.redact_uri("postgresql://user:secret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
-    assert job.redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert run.redact_uri("postgresql://user:secret@db:5432/mlflow") == "postgresql://***@db:5432/mlflow"
+    assert run.redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -317,7 +316,9 @@ CANDIDATES = [
     {"name": "dt", "algorithm": "DecisionTreeClassifier", "params": {"maxDepth": 3}},
 ]
 EXPECTED_METRICS = (
-    {f"val_{m}" for m in job.METRIC_NAMES} | {f"test_{m}" for m in job.METRIC_NAMES} | {"fit_seconds"}
+    {f"val_{m}" for m in evaluation.METRIC_NAMES}
+    | {f"test_{m}" for m in evaluation.METRIC_NAMES}
+    | {"fit_seconds"}
 )
 
 
@@ -424,17 +425,21 @@ def test_end_to_end_submit_resume_and_champion(spark, tracking, data_paths, tmp_
     assert parent.data.tags["spark.application_id"] == result["application_id"]
     assert parent.data.tags["mlrelease.validation_fraction"] == "0.25"
     assert parent.data.tags["mlrelease.seed"] == "5"
+    # the names the job writes are the shared constants the orchestrator reads
+    assert parent.data.tags[tags.TAG_SPARK_APPLICATION_ID] == result["application_id"]
+    assert parent.data.tags[tags.TAG_VALIDATION_FRACTION] == "0.25"
+    assert parent.data.tags[tags.TAG_SEED] == "5"
 
     children = children_of(client, experiment_id, parent_id)
     assert len(children) == 2
-    by_name = {run.data.tags["mlrelease.candidate"]: run for run in children}
+    by_name = {child.data.tags["mlrelease.candidate"]: child for child in children}
     assert set(by_name) == {"lr", "dt"}
-    for name, run in by_name.items():
-        assert run.info.status == "FINISHED"
-        assert run.info.run_name == name
-        assert set(run.data.metrics) == EXPECTED_METRICS
-        assert 0.5 < run.data.metrics["val_areaUnderROC"] <= 1.0
-        confusion = sum(run.data.metrics[f"test_{k}"] for k in ("tp", "fp", "tn", "fn"))
+    for name, child in by_name.items():
+        assert child.info.status == "FINISHED"
+        assert child.info.run_name == name
+        assert set(child.data.metrics) == EXPECTED_METRICS
+        assert 0.5 < child.data.metrics["val_areaUnderROC"] <= 1.0
+        confusion = sum(child.data.metrics[f"test_{k}"] for k in ("tp", "fp", "tn", "fn"))
         assert confusion == pytest.approx(80)  # every held-out row scored, incl. unseen/missing values
     assert by_name["lr"].data.params == {
         "algorithm": "LogisticRegression",
@@ -448,27 +453,38 @@ def test_end_to_end_submit_resume_and_champion(spark, tracking, data_paths, tmp_
     from mlrelease.serving.portable import PortableModel
 
     holdout_records = {}
-    for name, run in by_name.items():
-        run_id = run.info.run_id
-        tags = run.data.tags
-        assert tags["mlrelease.portable_model_uri"] == f"runs:/{run_id}/portable/portable_model.json"
+    model_uris = {c["candidate"]: c["model_uri"] for c in result["children"]}
+    for name, child in by_name.items():
+        run_id = child.info.run_id
+        child_tags = child.data.tags
+        assert child_tags["mlrelease.portable_model_uri"] == f"runs:/{run_id}/portable/portable_model.json"
         assert (
-            tags["mlrelease.holdout_predictions_uri"] == f"runs:/{run_id}/portable/holdout_predictions.json"
+            child_tags["mlrelease.holdout_predictions_uri"]
+            == f"runs:/{run_id}/portable/holdout_predictions.json"
         )
         assert {a.path for a in client.list_artifacts(run_id, "portable")} == {
             "portable/portable_model.json",
             "portable/holdout_predictions.json",
         }
+        assert child_tags[tags.TAG_PARENT_RUN_ID] == parent_id
+        assert child_tags[tags.TAG_CANDIDATE] == name
+        assert child_tags[tags.TAG_ALGORITHM] == child_tags["mlrelease.algorithm"]
+        assert child_tags[tags.TAG_MODEL_URI] == model_uris[name]
+        assert child_tags[tags.TAG_PORTABLE_MODEL_URI] == f"runs:/{run_id}/{tags.PORTABLE_MODEL_ARTIFACT}"
+        assert (
+            child_tags[tags.TAG_HOLDOUT_PREDICTIONS_URI]
+            == f"runs:/{run_id}/{tags.HOLDOUT_PREDICTIONS_ARTIFACT}"
+        )
         local = Path(client.download_artifacts(run_id, "portable", str(tmp_path / name)))
         portable = PortableModel.load(local / "portable_model.json")
-        assert portable.algorithm == tags["mlrelease.algorithm"]
+        assert portable.algorithm == child_tags["mlrelease.algorithm"]
         assert portable.spark_version == pyspark.__version__
         holdout = json.loads((local / "holdout_predictions.json").read_text())
         assert holdout["format"] == "mlrelease.holdout_predictions.v1"
         records, predictions = holdout["records"], holdout["predictions"]
         # 80 held-out rows; the one with a NaN numeric is not a valid request and is skipped
         assert len(records) == len(predictions) == 79
-        assert all(set(r) == set(job.NUMERIC_COLUMNS + job.CATEGORICAL_COLUMNS) for r in records)
+        assert all(set(r) == {*NUMERIC_FEATURES, *CATEGORICAL_FEATURES} for r in records)
         assert records[0]["workclass"] == "Never-seen" and records[1]["occupation"] == "?"
         scored = portable.score(records)
         assert [s.label for s in scored] == [p["label"] for p in predictions]
@@ -480,7 +496,7 @@ def test_end_to_end_submit_resume_and_champion(spark, tracking, data_paths, tmp_
     assert holdout_records["lr"] == holdout_records["dt"]  # the same rows for every candidate
     lr_uri = by_name["lr"].data.tags["mlrelease.model_uri"]
     assert {c["model_uri"] for c in result["children"]} == {
-        run.data.tags["mlrelease.model_uri"] for run in children
+        child.data.tags["mlrelease.model_uri"] for child in children
     }
 
     # the model logged by the other process loads here and scores raw records (no income column)
@@ -509,29 +525,31 @@ def test_end_to_end_submit_resume_and_champion(spark, tracking, data_paths, tmp_
         tags={"mlflow.parentRunId": parent_id, "mlrelease.candidate": "lr"},
     )
     client.set_terminated(stray.info.run_id, status="FAILED")
-    assert job.main(job_args(uri, parent_id, data_paths)) == 0
+    assert run.main(job_args(uri, parent_id, data_paths)) == 0
     retry = read_result(capsys.readouterr().out)
     assert [c["reused"] for c in retry["children"]] == [True, True]
-    assert {c["run_id"] for c in retry["children"]} == {run.info.run_id for run in children}
+    assert {c["run_id"] for c in retry["children"]} == {child.info.run_id for child in children}
     assert client.get_run(stray.info.run_id).info.lifecycle_stage == "deleted"
-    assert {run.info.run_id for run in children_of(client, experiment_id, parent_id)} == {
-        run.info.run_id for run in children
+    assert {child.info.run_id for child in children_of(client, experiment_id, parent_id)} == {
+        child.info.run_id for child in children
     }
     assert client.get_run(parent_id).info.status == "FINISHED"
 
     # 3) a new release with the first model as champion: champion metrics land on the parent
     parent2_id = client.create_run(experiment_id, run_name="release-2").info.run_id
     champion_args = ["--champion-model-uri", lr_uri, "--champion-version", "1"]
-    assert job.main(job_args(uri, parent2_id, data_paths, champion_args)) == 0
+    assert run.main(job_args(uri, parent2_id, data_paths, champion_args)) == 0
     third = read_result(capsys.readouterr().out)
     parent2 = client.get_run(parent2_id)
     assert parent2.info.status == "FINISHED"
-    assert {f"champion_test_{m}" for m in job.METRIC_NAMES} <= set(parent2.data.metrics)
+    assert {f"champion_test_{m}" for m in evaluation.METRIC_NAMES} <= set(parent2.data.metrics)
     assert parent2.data.metrics["champion_test_areaUnderROC"] == pytest.approx(
         by_name["lr"].data.metrics["test_areaUnderROC"]
     )
     assert parent2.data.tags["mlrelease.champion.model_uri"] == lr_uri
     assert parent2.data.tags["mlrelease.champion.version"] == "1"
+    assert parent2.data.tags[tags.TAG_CHAMPION_MODEL_URI] == lr_uri
+    assert parent2.data.tags[tags.TAG_CHAMPION_VERSION] == "1"
     assert third["champion"]["version"] == "1"
     assert third["champion"]["metrics"]["areaUnderROC"] == pytest.approx(
         parent2.data.metrics["champion_test_areaUnderROC"]
@@ -548,7 +566,7 @@ def test_bad_candidate_fails_parent_run(spark, tracking, data_paths):
         [{"name": "oops", "algorithm": "LogisticRegression", "params": {"noSuchParam": 1}}]
     )
     with pytest.raises(ValueError, match="oops.*noSuchParam"):
-        job.main(args)
+        run.main(args)
     assert client.get_run(parent_id).info.status == "FAILED"
     assert mlflow.active_run() is None
     assert children_of(client, experiment_id, parent_id) == []
@@ -560,7 +578,7 @@ def test_broken_champion_fails_with_hint_about_prod_alias(spark, tracking, data_
     bogus = "runs:/0123456789abcdef0123456789abcdef/model"
     args = job_args(uri, parent_id, data_paths, ["--champion-model-uri", bogus, "--champion-version", "7"])
     with pytest.raises(RuntimeError) as excinfo:
-        job.main(args)
+        run.main(args)
     message = str(excinfo.value)
     assert bogus in message and "'7'" in message and "prod" in message
     assert client.get_run(parent_id).info.status == "FAILED"
