@@ -11,11 +11,13 @@ export MLRELEASE_HOME ?= $(CURDIR)/.mlrelease
 export UV_COMPILE_BYTECODE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: help venv demo stop status test lint format lock mlflow-ui airflow-up airflow-down clean
+.PHONY: help venv wheel demo demo-cloud stop status test lint format lock mlflow-ui airflow-up airflow-down clean
 
 help:
 	@echo "make demo     set up and run the whole release once (train, gate, register, test + prod endpoints)"
-	@echo "make stop     stop the test and prod endpoints that make demo left running"
+	@echo "make demo-cloud  the same release with training on an emulated Databricks workspace (.mlrelease-cloud/)"
+	@echo "make stop     stop the endpoints that make demo and make demo-cloud left running (and any emulator)"
+	@echo "make wheel    build dist/mlrelease-<version>-py3-none-any.whl (what a Databricks cluster installs)"
 	@echo "make status   what the endpoints serve (mlrelease status)"
 	@echo "make test     set up and run the tests"
 	@echo "make lint     ruff check + format check"
@@ -39,8 +41,23 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: venv
 	@scripts/demo.sh
 
+demo-cloud: venv
+	@scripts/demo-cloud.sh
+
+wheel: venv
+	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w dist .
+	@ls dist/mlrelease-*.whl
+
+CLOUD_HOME := $(CURDIR)/.mlrelease-cloud
+
 stop:
-	@if [ -x $(BIN)/mlrelease ]; then $(BIN)/mlrelease endpoints stop; else echo "no venv: nothing was started"; fi
+	@if [ -x $(BIN)/mlrelease ]; then \
+	  $(BIN)/mlrelease endpoints stop; \
+	  if [ -d $(CLOUD_HOME) ]; then \
+	    echo "$(CLOUD_HOME):"; MLRELEASE_HOME=$(CLOUD_HOME) $(BIN)/mlrelease endpoints stop; \
+	    $(BIN)/python -m emulators.databricks stop --home $(CLOUD_HOME) || true; \
+	  fi; \
+	else echo "no venv: nothing was started"; fi
 
 status: venv
 	@$(BIN)/mlrelease status
@@ -71,4 +88,4 @@ airflow-down:
 	@scripts/airflow-services.sh stop
 
 clean: stop airflow-down
-	rm -rf $(MLRELEASE_HOME)
+	rm -rf $(MLRELEASE_HOME) $(CLOUD_HOME)

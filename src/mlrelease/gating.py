@@ -196,7 +196,9 @@ def register_winner(
         for key in ("mlrelease.compute.backend", "mlrelease.compute.run_id", "mlrelease.compute.run_url"):
             if parent.tags.get(key):
                 tags[key] = parent.tags[key]
-        ref = backends.registry.register(name, winner.model_uri, winner.run_id, tags)
+        ref = backends.registry.register(
+            name, backends.tracker.portable_model_uri(winner.model_uri), winner.run_id, tags
+        )
         log.info(
             "Registered %s version %s from child run %s (%s, %s). %s",
             name,

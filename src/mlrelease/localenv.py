@@ -14,7 +14,7 @@ from pathlib import Path
 from mlrelease.settings import load_settings, project_root
 
 
-def airflow_env(home: Path, root: Path) -> dict[str, str]:
+def airflow_env(home: Path, root: Path, tracking_uri: str | None = None) -> dict[str, str]:
     airflow_home = home / "airflow"
     return {
         "MLRELEASE_HOME": str(home),
@@ -30,7 +30,7 @@ def airflow_env(home: Path, root: Path) -> dict[str, str]:
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         # Also the process-wide MLflow default, so nothing falls back to ./mlflow.db in the cwd.
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_uri or f"sqlite:///{home / 'mlflow.db'}",
         "SPARK_LOCAL_IP": "127.0.0.1",
         "UV_COMPILE_BYTECODE": "1",
     }
@@ -41,7 +41,8 @@ def main() -> int:
     if root is None:
         print("mlrelease.localenv needs an editable install from a checkout (make venv)", file=sys.stderr)
         return 1
-    for key, value in airflow_env(load_settings().home, root).items():
+    settings = load_settings()
+    for key, value in airflow_env(settings.home, root, settings.tracking_uri).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 

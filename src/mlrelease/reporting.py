@@ -50,6 +50,8 @@ def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> st
         f"(dirty: {tags.get('mlrelease.git.dirty', '?')})",
         f"  training run      : {tracker.run_url(parent)} (status {parent.status})",
         f"  spark             : {tags.get('spark.version', '?')}, application {tags.get('spark.application_id', '?')}",
+        f"  compute run       : {tags.get('mlrelease.compute.backend', '?')} run "
+        f"{tags.get('mlrelease.compute.run_id', '?')} ({tags.get('mlrelease.compute.run_url', '?')})",
         "",
         f"Candidates (ranked by validation {metric}; * = winner):",
         candidates_table(children, metric, winner),

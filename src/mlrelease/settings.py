@@ -116,6 +116,7 @@ class Settings:
     databricks: DatabricksSettings
     jobs_dir: Path
     tracking_uri: str
+    registry_uri: str
     artifact_root: Path
     experiment_name: str
     model_name: str
@@ -294,11 +295,14 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     chosen = _choose(env, backend)
     databricks = _databricks(env)
     artifact_root = Path(env.get("MLRELEASE_ARTIFACT_ROOT") or home / "mlartifacts").expanduser().resolve()
+    local_store = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
     if chosen["tracking"] == "databricks":
         # The workspace's MLflow; host and token come from the Databricks Airflow connection at run time.
         tracking_uri = "databricks"
+        if local_store == "databricks":
+            local_store = f"sqlite:///{home / 'mlflow.db'}"
     else:
-        tracking_uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        tracking_uri = local_store
     ports: dict[str, int] = {}
     for endpoint in ENDPOINTS:
         variable = f"MLRELEASE_{endpoint.upper()}_ENDPOINT_PORT"
@@ -315,6 +319,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         databricks=databricks,
         jobs_dir=Path(env.get("MLRELEASE_JOBS_DIR") or _default_jobs_dir()).expanduser().resolve(),
         tracking_uri=tracking_uri,
+        registry_uri=local_store,
         artifact_root=artifact_root,
         experiment_name=env.get("MLRELEASE_EXPERIMENT")
         or (databricks.experiment if chosen["tracking"] == "databricks" else DEFAULT_EXPERIMENT_NAME),

@@ -57,12 +57,14 @@ def _databricks_tracker(settings: Settings) -> ExperimentTracker:
 
 
 def _mlflow_registry(settings: Settings) -> ModelRegistry:
-    """The MLflow registry of the tracking server: local SQLite, or the Databricks workspace's."""
-    from mlrelease.backends.local.mlflow_store import DatabricksMlflowRegistry, MlflowRegistry
+    """The local MLflow registry (SQLite in MLRELEASE_HOME), also when runs are tracked on Databricks.
 
-    if settings.tracking == "databricks":
-        return DatabricksMlflowRegistry()
-    return MlflowRegistry(settings.tracking_uri, settings.mlflow_ui_url)
+    Not the Databricks workspace registry: MLflow refuses aliases there (only Unity Catalog has them),
+    and ``prod`` is an alias.
+    """
+    from mlrelease.backends.local.mlflow_store import MlflowRegistry
+
+    return MlflowRegistry(settings.registry_uri, settings.mlflow_ui_url)
 
 
 def _local_audit(settings: Settings) -> AuditLog:

@@ -185,6 +185,10 @@ class ExperimentTracker(Protocol):
 
     def download_artifact(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path: ...
 
+    def portable_model_uri(self, model_uri: str) -> str:
+        """The model's URI as another MLflow store (the registry, a job) can load it."""
+        ...
+
     def run_url(self, run: RunInfo) -> str: ...
 
 

@@ -152,6 +152,10 @@ class MlflowTracker(_MlflowStore):
     def log_dict(self, run_id: str, data: dict, artifact_file: str) -> None:
         self.client.log_dict(run_id, data, artifact_file)
 
+    def portable_model_uri(self, model_uri: str) -> str:
+        """The model URI as the registry should store it (the local registry shares this store)."""
+        return model_uri
+
     def download_artifact(self, run_id: str, artifact_path: str, dst_dir: Path) -> Path:
         """Copy one artifact of a run into ``dst_dir`` and return its local path."""
         dst_dir.mkdir(parents=True, exist_ok=True)
@@ -297,12 +301,15 @@ class DatabricksMlflowTracker(MlflowTracker):
     def run_url(self, run: RunInfo) -> str:
         return f"{databricks_host()}/ml/experiments/{run.experiment_id}/runs/{run.run_id}"
 
+    def portable_model_uri(self, model_uri: str) -> str:
+        """Where the model's files are (``dbfs:/Volumes/...``), loadable by any MLflow client.
 
-class DatabricksMlflowRegistry(MlflowRegistry):
-    """The workspace model registry of the Databricks MLflow (registry URI ``databricks``)."""
-
-    def __init__(self) -> None:
-        super().__init__("databricks")
-
-    def version_url(self, ref: ModelVersionRef) -> str:
-        return f"{databricks_host()}/ml/models/{ref.name}/versions/{ref.version}"
+        ``runs:/`` and ``models:/m-`` only resolve against this workspace's tracking server; the
+        registry (local) and a later job that re-scores the champion must not depend on that.
+        """
+        if model_uri.startswith("runs:/"):
+            run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+            return f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+        if model_uri.startswith("models:/m-"):
+            return self.client.get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+        return model_uri

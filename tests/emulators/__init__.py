@@ -1,0 +1,1 @@
+"""Tests of the loopback emulators under ``emulators/`` (imported from the repository root)."""
