@@ -25,6 +25,23 @@ from mlrelease.domain.lineage import AirflowRunInfo, missing_lineage, model_vers
 from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import CandidateResult, select_winner
 from mlrelease.settings import Settings
+from mlrelease.tags import (
+    TAG_CHAMPION_VERSION,
+    TAG_COMPUTE_RUN_BACKEND,
+    TAG_COMPUTE_RUN_ID,
+    TAG_COMPUTE_RUN_URL,
+    TAG_GATE_APPROVED,
+    TAG_GATE_CHECKS_PASSED,
+    TAG_GATE_DECISION_JSON,
+    TAG_GATE_MODE,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_MODEL_URI,
+    TAG_REGISTERED_VERSION,
+    TAG_SELECTION_METRIC,
+    TAG_WINNER_CANDIDATE,
+    TAG_WINNER_RUN_ID,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +66,7 @@ def select_and_gate(
     parent = backends.tracker.get_run(parent_run_id)
     children = backends.tracker.finished_children(parent_run_id)
     winner = select_winner(children, selection_metric)
-    champion_version = parent.tags.get("mlrelease.champion.version")
+    champion_version = parent.tags.get(TAG_CHAMPION_VERSION)
     decision = decide(
         policy,
         challenger_value=winner.metric(f"test_{policy.metric}"),
@@ -78,13 +95,13 @@ def select_and_gate(
     backends.tracker.set_tags(
         parent_run_id,
         {
-            "mlrelease.selection_metric": selection_metric,
-            "mlrelease.winner.candidate": winner.candidate,
-            "mlrelease.winner.run_id": winner.run_id,
-            "mlrelease.gate.mode": decision.mode,
-            "mlrelease.gate.approved": str(decision.approved).lower(),
-            "mlrelease.gate.checks_passed": str(decision.checks_passed).lower(),
-            "mlrelease.gate.decision_json": json.dumps(decision.to_dict(), sort_keys=True),
+            TAG_SELECTION_METRIC: selection_metric,
+            TAG_WINNER_CANDIDATE: winner.candidate,
+            TAG_WINNER_RUN_ID: winner.run_id,
+            TAG_GATE_MODE: decision.mode,
+            TAG_GATE_APPROVED: str(decision.approved).lower(),
+            TAG_GATE_CHECKS_PASSED: str(decision.checks_passed).lower(),
+            TAG_GATE_DECISION_JSON: json.dumps(decision.to_dict(), sort_keys=True),
         },
     )
     event = backends.audit.append(
@@ -158,7 +175,7 @@ def register_winner(
     if not decision.approved:
         raise GateRefused(f"refusing to register: the gate did not approve ({decision.reason})")
     if not winner.model_uri:
-        raise RuntimeError(f"child run {winner.run_id} has no mlrelease.model_uri tag; it logged no model")
+        raise RuntimeError(f"child run {winner.run_id} has no {TAG_MODEL_URI} tag; it logged no model")
     name = settings.model_name
     existing = backends.registry.find_version_for_run(name, winner.run_id)
     if existing:
@@ -191,9 +208,9 @@ def register_winner(
         )
         # The registering task's own identity wins over the training's, but training's git commit is
         # what built the model, and the compute run is where it was built: keep the parent's.
-        for key in ("mlrelease.git.commit", "mlrelease.git.dirty"):
+        for key in (TAG_GIT_COMMIT, TAG_GIT_DIRTY):
             tags[key] = parent.tags.get(key, tags[key])
-        for key in ("mlrelease.compute.backend", "mlrelease.compute.run_id", "mlrelease.compute.run_url"):
+        for key in (TAG_COMPUTE_RUN_BACKEND, TAG_COMPUTE_RUN_ID, TAG_COMPUTE_RUN_URL):
             if parent.tags.get(key):
                 tags[key] = parent.tags[key]
         ref = backends.registry.register(
@@ -208,7 +225,7 @@ def register_winner(
             winner.model_uri,
             backends.registry.version_url(ref),
         )
-    backends.tracker.set_tags(parent_run_id, {"mlrelease.registered_version": ref.version})
+    backends.tracker.set_tags(parent_run_id, {TAG_REGISTERED_VERSION: ref.version})
     backends.audit.append(
         event_key=f"registered:{name}:{ref.version}",
         kind="model_registered",

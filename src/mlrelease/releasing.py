@@ -40,11 +40,10 @@ from mlrelease.domain.release import (
 )
 from mlrelease.hashing import sha256_file
 from mlrelease.settings import Settings
+from mlrelease.tags import HOLDOUT_PREDICTIONS_ARTIFACT, PORTABLE_MODEL_ARTIFACT, TAG_LINEAGE_PARENT_RUN_ID
 
 log = logging.getLogger(__name__)
 
-PORTABLE_MODEL_ARTIFACT = "portable/portable_model.json"
-HOLDOUT_PREDICTIONS_ARTIFACT = "portable/holdout_predictions.json"
 TEST, PROD = "test", "prod"
 
 Checker = Callable[[str, str, Expectation], CheckReport]
@@ -392,7 +391,7 @@ def refuse_unless_gated(backends: Backends, ref: ModelVersionRef, current_prod: 
     """
     from mlrelease.gating import GateRefused, recorded_gate
 
-    parent_run_id = ref.tags.get("mlrelease.parent_run_id")
+    parent_run_id = ref.tags.get(TAG_LINEAGE_PARENT_RUN_ID)
     try:
         decision = recorded_gate(backends, parent_run_id).decision
     except GateRefused as error:

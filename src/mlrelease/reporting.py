@@ -12,6 +12,27 @@ from mlrelease.backends import Backends
 from mlrelease.domain.gate import PROD_ALIAS
 from mlrelease.domain.report import candidates_table
 from mlrelease.domain.selection import SELECTION_METRICS
+from mlrelease.tags import (
+    TAG_COMPUTE_RUN_BACKEND,
+    TAG_COMPUTE_RUN_ID,
+    TAG_COMPUTE_RUN_URL,
+    TAG_DATASET_HOLDOUT_ROWS,
+    TAG_DATASET_HOLDOUT_URI,
+    TAG_DATASET_SHA256,
+    TAG_DATASET_TRAIN_ROWS,
+    TAG_DATASET_TRAIN_URI,
+    TAG_GATE_DECISION_JSON,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_REGISTERED_VERSION,
+    TAG_SELECTION_METRIC,
+    TAG_SPARK_APPLICATION_ID,
+    TAG_SPARK_VERSION,
+    TAG_TRAINING_KEY,
+    TAG_TRIGGERED_BY,
+    TAG_WINNER_CANDIDATE,
+    TAG_WINNER_RUN_ID,
+)
 
 
 def _release_line(backends: Backends, training_key: str, model_name: str, version: str) -> str:
@@ -34,32 +55,31 @@ def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> st
     parent = tracker.get_run(parent_run_id)
     tags = parent.tags
     children = tracker.finished_children(parent_run_id)
-    metric = tags.get("mlrelease.selection_metric", "areaUnderROC")
+    metric = tags.get(TAG_SELECTION_METRIC, "areaUnderROC")
     metric = metric if metric in SELECTION_METRICS else "areaUnderROC"
-    winner = tags.get("mlrelease.winner.candidate")
+    winner = tags.get(TAG_WINNER_CANDIDATE)
     lines = [
         "=" * 100,
-        f"mlrelease summary: {tags.get('mlrelease.training_key', '?')}",
-        f"  triggered by      : {tags.get('mlrelease.triggered_by', '?')}",
-        f"  dataset           : sha256 {tags.get('mlrelease.dataset.sha256', '?')}",
-        f"                      train {tags.get('mlrelease.dataset.train_rows', '?')} rows "
-        f"({tags.get('mlrelease.dataset.train_uri', '?')})",
-        f"                      held-out {tags.get('mlrelease.dataset.holdout_rows', '?')} rows "
-        f"({tags.get('mlrelease.dataset.holdout_uri', '?')})",
-        f"  code              : git {tags.get('mlrelease.git.commit', '?')} "
-        f"(dirty: {tags.get('mlrelease.git.dirty', '?')})",
+        f"mlrelease summary: {tags.get(TAG_TRAINING_KEY, '?')}",
+        f"  triggered by      : {tags.get(TAG_TRIGGERED_BY, '?')}",
+        f"  dataset           : sha256 {tags.get(TAG_DATASET_SHA256, '?')}",
+        f"                      train {tags.get(TAG_DATASET_TRAIN_ROWS, '?')} rows "
+        f"({tags.get(TAG_DATASET_TRAIN_URI, '?')})",
+        f"                      held-out {tags.get(TAG_DATASET_HOLDOUT_ROWS, '?')} rows "
+        f"({tags.get(TAG_DATASET_HOLDOUT_URI, '?')})",
+        f"  code              : git {tags.get(TAG_GIT_COMMIT, '?')} (dirty: {tags.get(TAG_GIT_DIRTY, '?')})",
         f"  training run      : {tracker.run_url(parent)} (status {parent.status})",
-        f"  spark             : {tags.get('spark.version', '?')}, application {tags.get('spark.application_id', '?')}",
-        f"  compute run       : {tags.get('mlrelease.compute.backend', '?')} run "
-        f"{tags.get('mlrelease.compute.run_id', '?')} ({tags.get('mlrelease.compute.run_url', '?')})",
+        f"  spark             : {tags.get(TAG_SPARK_VERSION, '?')}, application {tags.get(TAG_SPARK_APPLICATION_ID, '?')}",
+        f"  compute run       : {tags.get(TAG_COMPUTE_RUN_BACKEND, '?')} run "
+        f"{tags.get(TAG_COMPUTE_RUN_ID, '?')} ({tags.get(TAG_COMPUTE_RUN_URL, '?')})",
         "",
         f"Candidates (ranked by validation {metric}; * = winner):",
         candidates_table(children, metric, winner),
         "",
     ]
     if winner:
-        lines.append(f"Winner: {winner} (child run {tags.get('mlrelease.winner.run_id', '?')})")
-    decision_json = tags.get("mlrelease.gate.decision_json")
+        lines.append(f"Winner: {winner} (child run {tags.get(TAG_WINNER_RUN_ID, '?')})")
+    decision_json = tags.get(TAG_GATE_DECISION_JSON)
     if decision_json:
         decision = json.loads(decision_json)
         verdict = "APPROVED" if decision["approved"] else "REJECTED"
@@ -68,12 +88,12 @@ def build_summary(backends: Backends, parent_run_id: str, model_name: str) -> st
             lines.append(f"  - {check['name']}: {'pass' if check['passed'] else 'FAIL'}: {check['detail']}")
     else:
         lines.append("Gate: not evaluated (the run stopped before the gate)")
-    version = tags.get("mlrelease.registered_version")
+    version = tags.get(TAG_REGISTERED_VERSION)
     if version:
         prod = registry.get_by_alias(model_name, PROD_ALIAS)
         lines.append(f"Registered: {model_name} version {version}")
         lines.append(f"Registry alias 'prod' -> version {prod.version if prod else 'none'}")
-        lines.append(_release_line(backends, tags.get("mlrelease.training_key", ""), model_name, version))
+        lines.append(_release_line(backends, tags.get(TAG_TRAINING_KEY, ""), model_name, version))
     else:
         lines.append(f"Registered: nothing ({model_name} unchanged)")
     lines.append("=" * 100)

@@ -58,8 +58,10 @@ TAG_HOLDOUT_PREDICTIONS_URI = "mlrelease.holdout_predictions_uri"
 # Written by the orchestrator on the parent run
 # --------------------------------------------------------------------------------------------------
 TAG_CANDIDATES = "mlrelease.candidates"  # JSON list of the candidate names submitted
-TAG_COMPUTE_BACKEND = "mlrelease.compute_backend"  # when the parent run is created
-# The compute run that trained the candidates (a local Spark application, a Databricks run)
+# The compute run that trained the candidates (a local Spark application, a Databricks run). The
+# backend is set already when the parent run is created, so a training that fails still says where it
+# ran; run id and URL once the compute run is known. Older parent runs also carry
+# "mlrelease.compute_backend" with the same value; nothing writes or reads that name any more.
 TAG_COMPUTE_RUN_BACKEND = "mlrelease.compute.backend"
 TAG_COMPUTE_RUN_ID = "mlrelease.compute.run_id"
 TAG_COMPUTE_RUN_URL = "mlrelease.compute.run_url"

@@ -27,6 +27,13 @@ from typing import Any
 from airflow.sdk import BaseOperator, ResumableJobMixin
 
 from mlrelease.airflow.links import MLFLOW_RUN_URL_KEY, MlflowRunLink
+from mlrelease.tags import (
+    TAG_CANDIDATES,
+    TAG_COMPUTE_RUN_BACKEND,
+    TAG_COMPUTE_RUN_ID,
+    TAG_COMPUTE_RUN_URL,
+    TAG_SPARK_APPLICATION_ID,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +113,9 @@ class TrainingTaskMixin:
             tags = {
                 **dataset_tags(self.fingerprint),
                 **run_context_tags(info, git),
-                "mlrelease.candidates": json.dumps(names),
-                "mlrelease.compute_backend": backends.compute.name,
+                TAG_CANDIDATES: json.dumps(names),
+                # Already here, not only in finish_training: a training that fails still says where it ran.
+                TAG_COMPUTE_RUN_BACKEND: backends.compute.name,
             }
             parent = tracker.create_parent_run(
                 experiment_id, f"{info.dag_id} {info.run_id}", tags, self.fingerprint
@@ -161,9 +169,9 @@ class TrainingTaskMixin:
         tracker.set_tags(
             prepared.parent_run_id,
             {
-                "mlrelease.compute.backend": self.backends.compute.name,
-                "mlrelease.compute.run_id": str(compute_run_id),
-                "mlrelease.compute.run_url": compute_run_url,
+                TAG_COMPUTE_RUN_BACKEND: self.backends.compute.name,
+                TAG_COMPUTE_RUN_ID: str(compute_run_id),
+                TAG_COMPUTE_RUN_URL: compute_run_url,
             },
         )
         children = tracker.finished_children(prepared.parent_run_id)
@@ -185,10 +193,10 @@ class TrainingTaskMixin:
             "run_url": self.backends.tracker.run_url(parent),
             "candidates": names,
             "reused": reused,
-            "compute_backend": parent.tags.get("mlrelease.compute.backend"),
-            "compute_run_id": parent.tags.get("mlrelease.compute.run_id"),
-            "compute_run_url": parent.tags.get("mlrelease.compute.run_url"),
-            "application_id": parent.tags.get("spark.application_id"),
+            "compute_backend": parent.tags.get(TAG_COMPUTE_RUN_BACKEND),
+            "compute_run_id": parent.tags.get(TAG_COMPUTE_RUN_ID),
+            "compute_run_url": parent.tags.get(TAG_COMPUTE_RUN_URL),
+            "application_id": parent.tags.get(TAG_SPARK_APPLICATION_ID),
         }
 
 

@@ -328,7 +328,8 @@ class AuditLog(Protocol):
 def redact_uri(text: str) -> str:
     """Hide credentials in URIs (``scheme://user:pass@host`` -> ``scheme://***@host``) before logging.
 
-    jobs/train_income.py has its own copy: the job must not import this package.
+    The training job (``mlrelease.training``) uses this one too, so this module must stay importable
+    on a Spark cluster that has only PySpark, MLflow and this package's wheel.
     """
     return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 

@@ -12,8 +12,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlrelease.domain.selection import CandidateResult
+from mlrelease.tags import (
+    TAG_AIRFLOW_DAG_ID,
+    TAG_AIRFLOW_RUN_ID,
+    TAG_AIRFLOW_RUN_TYPE,
+    TAG_AIRFLOW_TRY_NUMBER,
+    TAG_ALGORITHM,
+    TAG_CANDIDATE,
+    TAG_DATASET_HOLDOUT_ROWS,
+    TAG_DATASET_HOLDOUT_SHA256,
+    TAG_DATASET_HOLDOUT_URI,
+    TAG_DATASET_SHA256,
+    TAG_DATASET_SOURCE,
+    TAG_DATASET_TRAIN_ROWS,
+    TAG_DATASET_TRAIN_SHA256,
+    TAG_DATASET_TRAIN_URI,
+    TAG_GATE_CHECKS_PASSED,
+    TAG_GATE_MODE,
+    TAG_GATE_REASON,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_LINEAGE_CHILD_RUN_ID,
+    TAG_LINEAGE_PARENT_RUN_ID,
+    TAG_METRICS_PREFIX,
+    TAG_PARAMS,
+    TAG_REGISTERED_AT,
+    TAG_TRAINING_FINISHED_AT,
+    TAG_TRAINING_KEY,
+    TAG_TRAINING_STARTED_AT,
+    TAG_TRIGGERED_BY,
+)
 
-TAG_PREFIX = "mlrelease."
 SCHEDULER_USER = "scheduler"
 
 
@@ -50,27 +79,27 @@ class GitInfo:
 
 def dataset_tags(fingerprint: dict) -> dict[str, str]:
     return {
-        "mlrelease.dataset.sha256": fingerprint["dataset_sha256"],
-        "mlrelease.dataset.source": fingerprint["source"],
-        "mlrelease.dataset.train_uri": fingerprint["train"]["uri"],
-        "mlrelease.dataset.train_sha256": fingerprint["train"]["sha256"],
-        "mlrelease.dataset.train_rows": str(fingerprint["train"]["rows"]),
-        "mlrelease.dataset.holdout_uri": fingerprint["holdout"]["uri"],
-        "mlrelease.dataset.holdout_sha256": fingerprint["holdout"]["sha256"],
-        "mlrelease.dataset.holdout_rows": str(fingerprint["holdout"]["rows"]),
+        TAG_DATASET_SHA256: fingerprint["dataset_sha256"],
+        TAG_DATASET_SOURCE: fingerprint["source"],
+        TAG_DATASET_TRAIN_URI: fingerprint["train"]["uri"],
+        TAG_DATASET_TRAIN_SHA256: fingerprint["train"]["sha256"],
+        TAG_DATASET_TRAIN_ROWS: str(fingerprint["train"]["rows"]),
+        TAG_DATASET_HOLDOUT_URI: fingerprint["holdout"]["uri"],
+        TAG_DATASET_HOLDOUT_SHA256: fingerprint["holdout"]["sha256"],
+        TAG_DATASET_HOLDOUT_ROWS: str(fingerprint["holdout"]["rows"]),
     }
 
 
 def run_context_tags(airflow: AirflowRunInfo, git: GitInfo) -> dict[str, str]:
     return {
-        "mlrelease.git.commit": git.commit,
-        "mlrelease.git.dirty": "unknown" if git.dirty is None else str(git.dirty).lower(),
-        "mlrelease.airflow.dag_id": airflow.dag_id,
-        "mlrelease.airflow.run_id": airflow.run_id,
-        "mlrelease.airflow.run_type": airflow.run_type,
-        "mlrelease.airflow.try_number": str(airflow.try_number),
-        "mlrelease.triggered_by": airflow.triggered_by,
-        "mlrelease.training_key": airflow.training_key,
+        TAG_GIT_COMMIT: git.commit,
+        TAG_GIT_DIRTY: "unknown" if git.dirty is None else str(git.dirty).lower(),
+        TAG_AIRFLOW_DAG_ID: airflow.dag_id,
+        TAG_AIRFLOW_RUN_ID: airflow.run_id,
+        TAG_AIRFLOW_RUN_TYPE: airflow.run_type,
+        TAG_AIRFLOW_TRY_NUMBER: str(airflow.try_number),
+        TAG_TRIGGERED_BY: airflow.triggered_by,
+        TAG_TRAINING_KEY: airflow.training_key,
     }
 
 
@@ -90,43 +119,43 @@ def model_version_tags(
     tags = {
         **dataset_tags(fingerprint),
         **run_context_tags(airflow, git),
-        "mlrelease.algorithm": winner.algorithm,
-        "mlrelease.candidate": winner.candidate,
-        "mlrelease.params": json.dumps(winner.params, sort_keys=True),
-        "mlrelease.parent_run_id": parent_run_id,
-        "mlrelease.child_run_id": winner.run_id,
-        "mlrelease.gate.mode": str(gate.get("mode")),
-        "mlrelease.gate.checks_passed": str(bool(gate.get("checks_passed"))).lower(),
-        "mlrelease.gate.reason": str(gate.get("reason", ""))[:4000],
-        "mlrelease.training.started_at": training_started_at,
-        "mlrelease.training.finished_at": training_finished_at,
-        "mlrelease.registered_at": registered_at,
+        TAG_ALGORITHM: winner.algorithm,
+        TAG_CANDIDATE: winner.candidate,
+        TAG_PARAMS: json.dumps(winner.params, sort_keys=True),
+        TAG_LINEAGE_PARENT_RUN_ID: parent_run_id,
+        TAG_LINEAGE_CHILD_RUN_ID: winner.run_id,
+        TAG_GATE_MODE: str(gate.get("mode")),
+        TAG_GATE_CHECKS_PASSED: str(bool(gate.get("checks_passed"))).lower(),
+        TAG_GATE_REASON: str(gate.get("reason", ""))[:4000],
+        TAG_TRAINING_STARTED_AT: training_started_at,
+        TAG_TRAINING_FINISHED_AT: training_finished_at,
+        TAG_REGISTERED_AT: registered_at,
     }
     for key in ("test_areaUnderROC", "test_areaUnderPR", "test_accuracy", "test_f1"):
         value = winner.metric(key)
         if value is not None:
-            tags[f"mlrelease.metrics.{key}"] = f"{value:.6f}"
+            tags[f"{TAG_METRICS_PREFIX}{key}"] = f"{value:.6f}"
     return tags
 
 
 REQUIRED_LINEAGE_TAGS = (
-    "mlrelease.dataset.sha256",
-    "mlrelease.dataset.train_rows",
-    "mlrelease.dataset.holdout_rows",
-    "mlrelease.dataset.train_uri",
-    "mlrelease.git.commit",
-    "mlrelease.git.dirty",
-    "mlrelease.algorithm",
-    "mlrelease.params",
-    "mlrelease.parent_run_id",
-    "mlrelease.child_run_id",
-    "mlrelease.airflow.dag_id",
-    "mlrelease.airflow.run_id",
-    "mlrelease.airflow.try_number",
-    "mlrelease.triggered_by",
-    "mlrelease.training.started_at",
-    "mlrelease.training.finished_at",
-    "mlrelease.registered_at",
+    TAG_DATASET_SHA256,
+    TAG_DATASET_TRAIN_ROWS,
+    TAG_DATASET_HOLDOUT_ROWS,
+    TAG_DATASET_TRAIN_URI,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_ALGORITHM,
+    TAG_PARAMS,
+    TAG_LINEAGE_PARENT_RUN_ID,
+    TAG_LINEAGE_CHILD_RUN_ID,
+    TAG_AIRFLOW_DAG_ID,
+    TAG_AIRFLOW_RUN_ID,
+    TAG_AIRFLOW_TRY_NUMBER,
+    TAG_TRIGGERED_BY,
+    TAG_TRAINING_STARTED_AT,
+    TAG_TRAINING_FINISHED_AT,
+    TAG_REGISTERED_AT,
 )
 
 

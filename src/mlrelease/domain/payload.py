@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlrelease.domain.schema import FEATURES, LABEL, NUMERIC_FEATURES
+from mlrelease.domain.schema import FEATURES, LABEL, MISSING_CATEGORY, NUMERIC_FEATURES
 
 MAX_RECORDS = 10_000
 # 10,000 Adult records as JSON take about 3.5 MB; 8 MiB leaves room for pretty-printed bodies while
@@ -29,7 +29,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 # MAX_REPORTED_ERRORS are listed, followed by one line counting the rest.
 MAX_REPORTED_ERRORS = 100
 
-MISSING_CATEGORY = "?"
 UPPER_BOUNDS: dict[str, float] = {"age": 150.0, "hours_per_week": 168.0}
 _TOP_LEVEL_KEYS = ("data",)
 

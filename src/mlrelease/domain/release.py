@@ -16,6 +16,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from mlrelease.tags import (
+    TAG_AIRFLOW_DAG_ID,
+    TAG_AIRFLOW_RUN_ID,
+    TAG_ALGORITHM,
+    TAG_CANDIDATE,
+    TAG_DATASET_SHA256,
+    TAG_DATASET_SOURCE,
+    TAG_DATASET_TRAIN_ROWS,
+    TAG_GIT_COMMIT,
+    TAG_LINEAGE_CHILD_RUN_ID,
+    TAG_LINEAGE_PARENT_RUN_ID,
+    TAG_METRICS_PREFIX,
+    TAG_PARAMS,
+    TAG_REGISTERED_AT,
+    TAG_TRIGGERED_BY,
+)
+
 
 class ReleaseOutcome(StrEnum):
     PROMOTED = "promoted"
@@ -68,22 +85,19 @@ def alias_intervals(moves: list[tuple[str, str, str | None]]) -> list[AliasInter
 def lineage_summary(tags: dict[str, str]) -> dict[str, Any]:
     """The lineage an endpoint shows in ``/metadata``: from a registered version's tags."""
 
-    def tag(name: str) -> str | None:
-        return tags.get(f"mlrelease.{name}")
-
     return {
-        "algorithm": tag("algorithm"),
-        "candidate": tag("candidate"),
-        "params": tag("params"),
-        "child_run_id": tag("child_run_id"),
-        "parent_run_id": tag("parent_run_id"),
-        "dataset_sha256": tag("dataset.sha256"),
-        "dataset_source": tag("dataset.source"),
-        "train_rows": tag("dataset.train_rows"),
-        "git_commit": tag("git.commit"),
-        "dag_id": tag("airflow.dag_id"),
-        "dag_run_id": tag("airflow.run_id"),
-        "triggered_by": tag("triggered_by"),
-        "registered_at": tag("registered_at"),
-        "test_areaUnderROC": tag("metrics.test_areaUnderROC"),
+        "algorithm": tags.get(TAG_ALGORITHM),
+        "candidate": tags.get(TAG_CANDIDATE),
+        "params": tags.get(TAG_PARAMS),
+        "child_run_id": tags.get(TAG_LINEAGE_CHILD_RUN_ID),
+        "parent_run_id": tags.get(TAG_LINEAGE_PARENT_RUN_ID),
+        "dataset_sha256": tags.get(TAG_DATASET_SHA256),
+        "dataset_source": tags.get(TAG_DATASET_SOURCE),
+        "train_rows": tags.get(TAG_DATASET_TRAIN_ROWS),
+        "git_commit": tags.get(TAG_GIT_COMMIT),
+        "dag_id": tags.get(TAG_AIRFLOW_DAG_ID),
+        "dag_run_id": tags.get(TAG_AIRFLOW_RUN_ID),
+        "triggered_by": tags.get(TAG_TRIGGERED_BY),
+        "registered_at": tags.get(TAG_REGISTERED_AT),
+        "test_areaUnderROC": tags.get(f"{TAG_METRICS_PREFIX}test_areaUnderROC"),
     }

@@ -24,6 +24,9 @@ LABEL = "income"
 POSITIVE_LABEL = ">50K"
 NEGATIVE_LABEL = "<=50K"
 LABEL_VALUES: frozenset[str] = frozenset({POSITIVE_LABEL, NEGATIVE_LABEL})
+# The Adult dataset's own missing-value marker. Training maps a null or empty categorical to it, the
+# portable export records it, and a scoring request sends it (or "") for an unknown value.
+MISSING_CATEGORY = "?"
 
 # Column order of the raw UCI files (adult.data / adult.test have no header line).
 RAW_COLUMN_ORDER: tuple[str, ...] = (

@@ -27,10 +27,9 @@ from typing import Any
 from mlrelease.domain.payload import MAX_BODY_BYTES
 from mlrelease.serving.core import INVALID_REQUEST, ModelRef, error_body, load_model, score_raw
 from mlrelease.serving.portable import PortableModel
+from mlrelease.tags import PORTABLE_MODEL_FILE
 
 log = logging.getLogger(__name__)
-
-ARTIFACT_NAME = "portable_model.json"
 
 _model: PortableModel | None = None
 _ref: ModelRef | None = None
@@ -41,17 +40,17 @@ def find_artifact(model_dir: Path) -> Path:
     if not model_dir.is_dir():
         raise FileNotFoundError(
             f"AZUREML_MODEL_DIR={model_dir} is not a directory; the deployment must reference the registered "
-            "model that holds portable_model.json"
+            f"model that holds {PORTABLE_MODEL_FILE}"
         )
-    found = sorted(model_dir.rglob(ARTIFACT_NAME))
+    found = sorted(model_dir.rglob(PORTABLE_MODEL_FILE))
     if not found:
         raise FileNotFoundError(
-            f"no {ARTIFACT_NAME} under AZUREML_MODEL_DIR={model_dir}; register the exported portable model "
+            f"no {PORTABLE_MODEL_FILE} under AZUREML_MODEL_DIR={model_dir}; register the exported portable model "
             "(not the Spark model directory) and redeploy"
         )
     if len(found) > 1:
         raise RuntimeError(
-            f"{len(found)} copies of {ARTIFACT_NAME} under AZUREML_MODEL_DIR={model_dir} ({', '.join(map(str, found))}); "
+            f"{len(found)} copies of {PORTABLE_MODEL_FILE} under AZUREML_MODEL_DIR={model_dir} ({', '.join(map(str, found))}); "
             "deploy exactly one model version per deployment"
         )
     return found[0]

@@ -1,12 +1,13 @@
 """Score Spark-trained income models with NumPy alone: no JVM, no pyspark, no MLflow at serving time.
 
 Why: a scoring endpoint that needs a JVM and a Spark session per replica is slow to start, heavy to run
-and hard to package for the cloud. The training job (``jobs/train_income.py``, ``export_portable``) writes
-each fitted ``PipelineModel`` as a JSON document holding what its stages learned; this module reimplements
-those stages and the four classifier families and must give the same answers as ``model.transform``:
-identical labels and P(">50K") within 1e-6 (``tests/jobs/test_portable_parity.py`` checks every row of
-adult.test). General converters were not good enough (onnxmltools was off by 0.085 on GBT), so the
-document carries the parameters and trees themselves.
+and hard to package for the cloud. The training job (``jobs/train_income.py``, through
+``mlrelease.training.portable_export.export_portable``) writes each fitted ``PipelineModel`` as a JSON
+document holding what its stages learned; this module reimplements those stages and the four classifier
+families and must give the same answers as ``model.transform``: identical labels and P(">50K") within
+1e-6 (``tests/jobs/test_portable_parity.py`` checks every row of adult.test). General converters were
+not good enough (onnxmltools was off by 0.085 on GBT), so the document carries the parameters and trees
+themselves.
 
 Document ``mlrelease.portable.v1`` (JSON object; unknown keys are ignored)::
 
@@ -79,7 +80,10 @@ ALGORITHMS = ("LogisticRegression", "DecisionTreeClassifier", "RandomForestClass
 UNSEEN_ENCODINGS = ("extra_slot", "all_zeros")
 DEFAULT_UNSEEN_ENCODING = "all_zeros"
 _MAX_CATEGORY = 10_000
-_REEXPORT = "re-export it with jobs/train_income.py (export_portable) from the model's training run"
+_REEXPORT = (
+    "re-export it with mlrelease.training.portable_export.export_portable (run by jobs/train_income.py) "
+    "from the model's training run"
+)
 
 
 class PortableModelError(ValueError):

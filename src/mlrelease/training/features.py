@@ -15,9 +15,14 @@ from pyspark.ml.feature import Imputer, OneHotEncoder, SQLTransformer, StringInd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from mlrelease.domain.schema import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, POSITIVE_LABEL
+from mlrelease.domain.schema import (
+    CATEGORICAL_FEATURES,
+    LABEL,
+    MISSING_CATEGORY,
+    NUMERIC_FEATURES,
+    POSITIVE_LABEL,
+)
 
-MISSING_CATEGORY = "?"  # the Adult dataset's own missing-value marker
 FEATURES_COL = "features"
 TARGET_COL = "label"
 

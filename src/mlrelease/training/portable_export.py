@@ -35,8 +35,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
-from mlrelease.domain.schema import CATEGORICAL_FEATURES, NEGATIVE_LABEL, NUMERIC_FEATURES, POSITIVE_LABEL
-from mlrelease.training.features import FEATURES_COL, MISSING_CATEGORY, STAGE_COLUMNS, clean_sql
+from mlrelease.domain.schema import (
+    CATEGORICAL_FEATURES,
+    MISSING_CATEGORY,
+    NEGATIVE_LABEL,
+    NUMERIC_FEATURES,
+    POSITIVE_LABEL,
+)
+from mlrelease.training.features import FEATURES_COL, STAGE_COLUMNS, clean_sql
 
 # The job's log name (not __name__): the local Spark runner echoes lines by it into the Airflow task log.
 logger = logging.getLogger("mlrelease.jobs.train_income")

@@ -164,7 +164,6 @@ STORED_CONTRACT = {
     "TAG_PORTABLE_MODEL_URI": "mlrelease.portable_model_uri",
     "TAG_HOLDOUT_PREDICTIONS_URI": "mlrelease.holdout_predictions_uri",
     "TAG_CANDIDATES": "mlrelease.candidates",
-    "TAG_COMPUTE_BACKEND": "mlrelease.compute_backend",
     "TAG_COMPUTE_RUN_BACKEND": "mlrelease.compute.backend",
     "TAG_COMPUTE_RUN_ID": "mlrelease.compute.run_id",
     "TAG_COMPUTE_RUN_URL": "mlrelease.compute.run_url",

@@ -16,11 +16,17 @@ from pathlib import Path
 
 from mlrelease.backends.base import ModelVersionRef, RunInfo, redact_uri
 from mlrelease.domain.selection import CandidateResult
+from mlrelease.tags import (
+    ROLE_PARENT,
+    TAG_ALGORITHM,
+    TAG_CANDIDATE,
+    TAG_MODEL_URI,
+    TAG_PARENT_RUN_ID,
+    TAG_ROLE,
+    TAG_TRAINING_KEY,
+)
 
 log = logging.getLogger(__name__)
-
-PARENT_TAG = "mlrelease.role"
-TRAINING_KEY_TAG = "mlrelease.training_key"
 
 
 def _quote(value: str) -> str:
@@ -84,9 +90,9 @@ class MlflowTracker(_MlflowStore):
 
     def find_parent_run(self, experiment_id: str, training_key: str | None = None) -> RunInfo | None:
         """The latest parent run, of one DAG run's training when ``training_key`` is given."""
-        query = f"tags.`{PARENT_TAG}` = 'parent'"
+        query = f"tags.`{TAG_ROLE}` = {_quote(ROLE_PARENT)}"
         if training_key is not None:
-            query += f" and tags.`{TRAINING_KEY_TAG}` = {_quote(training_key)}"
+            query += f" and tags.`{TAG_TRAINING_KEY}` = {_quote(training_key)}"
         runs = self.client.search_runs(
             [experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
         )
@@ -99,7 +105,7 @@ class MlflowTracker(_MlflowStore):
         from mlflow.data.meta_dataset import MetaDataset
         from mlflow.entities import DatasetInput, InputTag
 
-        run = self.client.create_run(experiment_id, run_name=run_name, tags={**tags, PARENT_TAG: "parent"})
+        run = self.client.create_run(experiment_id, run_name=run_name, tags={**tags, TAG_ROLE: ROLE_PARENT})
         inputs = []
         for role, context in (("train", "training"), ("holdout", "evaluation")):
             part = fingerprint["prepared"][f"{role}_path"]
@@ -125,22 +131,22 @@ class MlflowTracker(_MlflowStore):
         parent = self.client.get_run(parent_run_id)
         runs = self.client.search_runs(
             [parent.info.experiment_id],
-            f"tags.`mlflow.parentRunId` = {_quote(parent_run_id)} and attributes.status = 'FINISHED'",
+            f"tags.`{TAG_PARENT_RUN_ID}` = {_quote(parent_run_id)} and attributes.status = 'FINISHED'",
             max_results=1000,
         )
         results = []
         for run in runs:
             params = dict(run.data.params)
-            algorithm = run.data.tags.get("mlrelease.algorithm") or params.pop("algorithm", "?")
+            algorithm = run.data.tags.get(TAG_ALGORITHM) or params.pop("algorithm", "?")
             params.pop("algorithm", None)
             results.append(
                 CandidateResult(
-                    candidate=run.data.tags.get("mlrelease.candidate", run.info.run_name),
+                    candidate=run.data.tags.get(TAG_CANDIDATE, run.info.run_name),
                     run_id=run.info.run_id,
                     algorithm=algorithm,
                     params={k: _parse_param(v) for k, v in params.items()},
                     metrics=dict(run.data.metrics),
-                    model_uri=run.data.tags.get("mlrelease.model_uri"),
+                    model_uri=run.data.tags.get(TAG_MODEL_URI),
                 )
             )
         return results
