@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_feature_caching import load_job, local_spark
+from bench_feature_caching import local_spark
 
 
 def median_ms(function, repeats: int) -> float:
@@ -95,18 +95,20 @@ def main() -> int:
     from mlrelease.domain.candidates import resolve_candidates
     from mlrelease.serving.portable import PortableModel
     from mlrelease.settings import load_settings
+    from mlrelease.training.estimators import make_estimator
+    from mlrelease.training.features import add_label, prepare_features
+    from mlrelease.training.portable_export import export_portable, holdout_sample
 
-    job = load_job()
     candidate = resolve_candidates([args.candidate])[0].to_dict()
     prepared = prepare_dataset(load_settings().data_cache_dir)
     spark = local_spark(args.master)
-    train = job.add_label(spark.read.parquet(str(prepared.train_path)))
-    feature_model, frames = job.prepare_features(train, train.limit(10), train.limit(10))
-    classifier = job.make_estimator(candidate).fit(frames[0])
+    train = add_label(spark.read.parquet(str(prepared.train_path)))
+    feature_model, frames = prepare_features(train, train.limit(10), train.limit(10))
+    classifier = make_estimator(candidate).fit(frames[0])
     model = PipelineModel(stages=[*feature_model.stages, classifier])
     holdout = spark.read.parquet(str(prepared.holdout_path))
-    records, _ = job.holdout_sample(holdout, 1000)
-    portable = PortableModel.from_dict(job.export_portable(model, spark.version))
+    records, _ = holdout_sample(holdout, 1000)
+    portable = PortableModel.from_dict(export_portable(model, spark.version))
 
     def spark_scores(batch):
         frame = spark.createDataFrame(pd.DataFrame(batch))

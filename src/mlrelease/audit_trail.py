@@ -23,6 +23,36 @@ from mlrelease.domain.release import (
     ROLLBACK,
     alias_intervals,
 )
+from mlrelease.tags import (
+    TAG_AIRFLOW_DAG_ID,
+    TAG_AIRFLOW_RUN_ID,
+    TAG_AIRFLOW_RUN_TYPE,
+    TAG_ALGORITHM,
+    TAG_CANDIDATE,
+    TAG_COMPUTE_RUN_BACKEND,
+    TAG_COMPUTE_RUN_ID,
+    TAG_COMPUTE_RUN_URL,
+    TAG_DATASET_HOLDOUT_ROWS,
+    TAG_DATASET_HOLDOUT_URI,
+    TAG_DATASET_SHA256,
+    TAG_DATASET_SOURCE,
+    TAG_DATASET_TRAIN_ROWS,
+    TAG_DATASET_TRAIN_URI,
+    TAG_GATE_CHECKS_PASSED,
+    TAG_GATE_DECISION_JSON,
+    TAG_GATE_MODE,
+    TAG_GATE_REASON,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_LINEAGE_CHILD_RUN_ID,
+    TAG_LINEAGE_PARENT_RUN_ID,
+    TAG_PARAMS,
+    TAG_REGISTERED_AT,
+    TAG_SPARK_APPLICATION_ID,
+    TAG_TRAINING_FINISHED_AT,
+    TAG_TRAINING_STARTED_AT,
+    TAG_TRIGGERED_BY,
+)
 
 
 class AuditLookupError(LookupError):
@@ -83,11 +113,8 @@ def model_story(backends: Backends, name: str, version: str) -> dict[str, Any]:
         raise AuditLookupError(f"model {name} version {version} is not in the registry")
     tags = ref.tags
 
-    def tag(key: str) -> str | None:
-        return tags.get(f"mlrelease.{key}")
-
-    child: dict[str, Any] = {"run_id": tag("child_run_id")}
-    parent: dict[str, Any] = {"run_id": tag("parent_run_id")}
+    child: dict[str, Any] = {"run_id": tags.get(TAG_LINEAGE_CHILD_RUN_ID)}
+    parent: dict[str, Any] = {"run_id": tags.get(TAG_LINEAGE_PARENT_RUN_ID)}
     runs = {}
     for record, run_id in ((child, child["run_id"]), (parent, parent["run_id"])):
         if not run_id:
@@ -108,41 +135,50 @@ def model_story(backends: Backends, name: str, version: str) -> dict[str, Any]:
     if "missing" not in parent:
         parent_run = runs[parent["run_id"]]
         parent.update(
-            spark_application_id=parent_run.tags.get("spark.application_id"),
-            gate=json.loads(parent_run.tags.get("mlrelease.gate.decision_json", "null")),
+            spark_application_id=parent_run.tags.get(TAG_SPARK_APPLICATION_ID),
+            gate=json.loads(parent_run.tags.get(TAG_GATE_DECISION_JSON, "null")),
             metrics={},  # the parent's metrics are the champion's re-score, not this model's
         )
     return {
         "name": name,
         "version": str(version),
-        "registered_at": tag("registered_at"),
+        "registered_at": tags.get(TAG_REGISTERED_AT),
         "registry_url": backends.registry.version_url(ref),
-        "algorithm": tag("algorithm"),
-        "candidate": tag("candidate"),
-        "params": json.loads(tag("params") or "{}"),
+        "algorithm": tags.get(TAG_ALGORITHM),
+        "candidate": tags.get(TAG_CANDIDATE),
+        "params": json.loads(tags.get(TAG_PARAMS) or "{}"),
         "training_run": child,
         "parent_run": parent,
-        "dataset": {
-            "sha256": tag("dataset.sha256"),
-            "source": tag("dataset.source"),
-            "train_uri": tag("dataset.train_uri"),
-            "train_rows": tag("dataset.train_rows"),
-            "holdout_uri": tag("dataset.holdout_uri"),
-            "holdout_rows": tag("dataset.holdout_rows"),
+        # From the version's own tags: known even when the tracking store cannot be reached.
+        "compute_run": {
+            "backend": tags.get(TAG_COMPUTE_RUN_BACKEND),
+            "run_id": tags.get(TAG_COMPUTE_RUN_ID),
+            "url": tags.get(TAG_COMPUTE_RUN_URL),
         },
-        "git": {"commit": tag("git.commit"), "dirty": tag("git.dirty")},
+        "dataset": {
+            "sha256": tags.get(TAG_DATASET_SHA256),
+            "source": tags.get(TAG_DATASET_SOURCE),
+            "train_uri": tags.get(TAG_DATASET_TRAIN_URI),
+            "train_rows": tags.get(TAG_DATASET_TRAIN_ROWS),
+            "holdout_uri": tags.get(TAG_DATASET_HOLDOUT_URI),
+            "holdout_rows": tags.get(TAG_DATASET_HOLDOUT_ROWS),
+        },
+        "git": {"commit": tags.get(TAG_GIT_COMMIT), "dirty": tags.get(TAG_GIT_DIRTY)},
         "airflow": {
-            "dag_id": tag("airflow.dag_id"),
-            "run_id": tag("airflow.run_id"),
-            "run_type": tag("airflow.run_type"),
-            "triggered_by": tag("triggered_by"),
+            "dag_id": tags.get(TAG_AIRFLOW_DAG_ID),
+            "run_id": tags.get(TAG_AIRFLOW_RUN_ID),
+            "run_type": tags.get(TAG_AIRFLOW_RUN_TYPE),
+            "triggered_by": tags.get(TAG_TRIGGERED_BY),
         },
         "gate": {
-            "mode": tag("gate.mode"),
-            "checks_passed": tag("gate.checks_passed"),
-            "reason": tag("gate.reason"),
+            "mode": tags.get(TAG_GATE_MODE),
+            "checks_passed": tags.get(TAG_GATE_CHECKS_PASSED),
+            "reason": tags.get(TAG_GATE_REASON),
         },
-        "training": {"started_at": tag("training.started_at"), "finished_at": tag("training.finished_at")},
+        "training": {
+            "started_at": tags.get(TAG_TRAINING_STARTED_AT),
+            "finished_at": tags.get(TAG_TRAINING_FINISHED_AT),
+        },
         "prod_history": [h for h in prod_history(backends, name) if h["version"] == str(version)],
     }
 
@@ -215,6 +251,8 @@ def model_in_words(model: dict[str, Any]) -> str:
         f"  trained in child run {child['run_id']} ({child.get('url') or child.get('missing')}); metrics: {shown or 'none'}",
         f"  under parent run {parent['run_id']} (Spark application {parent.get('spark_application_id')}), "
         f"{model['training']['started_at']} .. {model['training']['finished_at']}",
+        f"  computed in {model['compute_run']['backend'] or 'an unrecorded'} run {model['compute_run']['run_id']} "
+        f"({model['compute_run']['url']})",
         f"  on dataset sha256 {data['sha256']} ({data['train_rows']} training rows, {data['holdout_rows']} held-out rows, "
         f"source {data['source']}: {data['train_uri']})",
         f"  from git commit {model['git']['commit']} (dirty: {model['git']['dirty']})",

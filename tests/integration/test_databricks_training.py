@@ -275,6 +275,10 @@ def test_marking_the_task_failed_cancels_its_run(cloud):
         wait_until(cancelled, 120, "the Databricks run to be cancelled")
         log = keep(task_log(client, dag_run_id, "train_candidates"))
         assert f"with run_id: {run['run_id']} was requested to be cancelled" in log
+        # The task page links to the Databricks run (the provider's link) and to the MLflow parent run.
+        links = client.get(f"/dags/{DAG_ID}/dagRuns/{dag_run_id}/taskInstances/train_candidates/links")
+        assert links.json()["extra_links"]["See Databricks Job Run"].endswith(f"/run/{run['run_id']}")
+        assert "/ml/experiments/" in links.json()["extra_links"]["MLflow training run"]
     finally:
         subprocess.run([script, "stop"], env=env, capture_output=True, text=True, timeout=120)
         emulator.set_faults(stuck_pending=False)

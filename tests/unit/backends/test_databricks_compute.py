@@ -159,3 +159,19 @@ def test_databricks_states_map_onto_the_contract(life_cycle, result, expected_cy
     state = to_job_state(life_cycle, result, "msg")
     assert (state.life_cycle, state.result, state.is_active) == (expected_cycle, expected_result, active)
     assert replace(state, message="").encode().startswith(expected_cycle.value)
+
+
+def test_the_wheel_a_cluster_installs_does_not_pull_in_airflow(tmp_path):
+    import zipfile
+
+    from mlrelease.backends.azure.databricks import build_wheel
+    from mlrelease.settings import project_root
+
+    wheel = build_wheel(project_root(), tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    required = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    unconditional = [line for line in required if "extra ==" not in line]
+    assert unconditional and not any("airflow" in line or "fastapi" in line for line in unconditional)
+    assert "mlrelease/training/run.py" in names and "mlrelease/tags.py" in names
