@@ -7,7 +7,7 @@ night and on demand, and releases it only if it is good enough.
 | task | what it does | on failure |
 | --- | --- | --- |
 | `validate_data` | fetches the hash-pinned Adult data (or your `data_path`/`holdout_path`), checks schema, row floor, labels, missing values and label balance, fingerprints it (sha256, rows, source) | the log lists every violated rule with its numbers; nothing downstream runs |
-| `train_candidates` | one Spark application fits every candidate; each is an MLflow child run under one parent run per DAG run | the log names the Spark application id and driver log; a retry refits only missing candidates |
+| `train_candidates` | one Spark application (local `spark-submit`, or a Databricks run with `MLRELEASE_COMPUTE=databricks`) fits every candidate; each is an MLflow child run under one parent run per DAG run | the log names the run id, the driver log or Databricks run page, and the error; a retry after a crash reattaches to the run, after a failure submits a fresh one and refits only missing candidates |
 | `select_and_gate` | picks the best child run on the validation metric, then gates it on the held-out data: an absolute bar and "no worse than prod" | a rejection **skips** (does not fail) the release tasks and logs both numbers and the threshold |
 | `register_model` | registers the winner in the model registry with full lineage tags | idempotent: a retry reuses the version it made |
 | `deploy_test` | deploys the new version to the **test** endpoint (hot swap: the endpoint keeps answering with its previous model until the new one is loaded) | the log says what the endpoint still serves and where its log is |

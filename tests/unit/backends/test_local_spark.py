@@ -22,6 +22,7 @@ from mlrelease.backends.base import (
     submission_key,
 )
 from mlrelease.backends.local import spark as local_spark
+from mlrelease.processes import alive
 
 
 def request(**overrides) -> TrainingRequest:
@@ -153,7 +154,7 @@ def test_cancel_kills_the_process_group_and_the_run_ends_canceled(tmp_path, monk
     assert state.life_cycle is JobLifeCycle.TERMINATED and state.result is JobResult.CANCELED
     pid = int(child_pid.read_text())
     time.sleep(0.2)
-    assert not local_spark.alive(pid)  # the job's own children (the JVM, Python workers) are gone too
+    assert not alive(pid)  # the job's own children (the JVM, Python workers) are gone too
 
 
 def test_a_process_killed_from_outside_is_a_failed_run(tmp_path, monkeypatch, compute):

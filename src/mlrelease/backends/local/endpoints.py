@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from mlrelease.backends.base import DeploymentSpec, EndpointError
+from mlrelease.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +43,6 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (our own exited child, not yet reaped) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class LocalEndpoints:
@@ -95,7 +82,7 @@ class LocalEndpoints:
             pid = int(self._pid_path(endpoint).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     # ---------------------------------------------------------------- reading
     def _get(self, endpoint: str, path: str, timeout: float = 5.0) -> httpx.Response | None:
@@ -205,9 +192,9 @@ class LocalEndpoints:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.1)
-        if _alive(pid):
+        if alive(pid):
             log.warning(
                 "endpoint %s (pid %s) ignored SIGTERM for %.0f s; killing it", endpoint, pid, STOP_TIMEOUT_S
             )

@@ -33,6 +33,7 @@ from mlrelease.backends.base import (
     TrainingRequest,
     redact_uri,
 )
+from mlrelease.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,6 @@ def spark_submit_executable() -> str:
             "pyspark (pip install -r requirements.txt)"
         )
     return found
-
-
-def alive(pid: int) -> bool:
-    """Is ``pid`` a running process? A zombie (exited, not yet reaped by its parent) is not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class LocalSparkCompute:
