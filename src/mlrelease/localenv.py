@@ -42,7 +42,10 @@ def main() -> int:
         print("mlrelease.localenv needs an editable install from a checkout (make venv)", file=sys.stderr)
         return 1
     settings = load_settings()
-    for key, value in airflow_env(settings.home, root, settings.tracking_uri).items():
+    # The home's own store, whatever MLFLOW_TRACKING_URI the calling shell had: a second home (the
+    # cloud demo, a test's services) must never write into another home's MLflow database.
+    tracking = "databricks" if settings.tracking == "databricks" else None
+    for key, value in airflow_env(settings.home, root, tracking).items():
         print(f"export {key}={shlex.quote(value)}")
     return 0
 
