@@ -46,3 +46,11 @@ def export_backend_credentials(settings: Settings) -> None:
         settings.databricks.conn_id,
         ", ".join(c for c in ("compute", "tracking") if getattr(settings, c) == "databricks"),
     )
+
+
+def task_backends(settings: Settings):
+    """The backends a task uses, with the credentials they need already in its environment."""
+    from mlrelease.backends import get_backends
+
+    export_backend_credentials(settings)
+    return get_backends(settings)

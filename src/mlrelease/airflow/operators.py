@@ -65,11 +65,9 @@ class TrainingTaskMixin:
 
     @cached_property
     def backends(self):
-        from mlrelease.airflow.connections import export_backend_credentials
-        from mlrelease.backends import get_backends
+        from mlrelease.airflow.connections import task_backends
 
-        export_backend_credentials(self.settings)
-        return get_backends(self.settings)
+        return task_backends(self.settings)
 
     def _candidate_names(self) -> list[str]:
         value = self.candidates

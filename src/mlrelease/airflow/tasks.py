@@ -19,13 +19,11 @@ log = logging.getLogger(__name__)
 
 
 def _backends():
-    from mlrelease.airflow.connections import export_backend_credentials
-    from mlrelease.backends import get_backends
+    from mlrelease.airflow.connections import task_backends
     from mlrelease.settings import load_settings
 
     settings = load_settings()
-    export_backend_credentials(settings)
-    return settings, get_backends(settings)
+    return settings, task_backends(settings)
 
 
 def validate_data(context: dict[str, Any]) -> dict:

@@ -175,3 +175,55 @@ def test_the_wheel_a_cluster_installs_does_not_pull_in_airflow(tmp_path):
     unconditional = [line for line in required if "extra ==" not in line]
     assert unconditional and not any("airflow" in line or "fastapi" in line for line in unconditional)
     assert "mlrelease/training/run.py" in names and "mlrelease/tags.py" in names
+
+
+@pytest.fixture
+def emulated_workspace(setup, tmp_path, monkeypatch):
+    """A loopback workspace emulator and the connection + environment a task would have."""
+    import json as json_lib
+
+    from emulators.databricks import start
+
+    emulator = start(tmp_path / "emulator-home")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_DATABRICKS_EMULATED",
+        json_lib.dumps(
+            {
+                "conn_type": "databricks",
+                "host": emulator.host,
+                "port": emulator.port,
+                "schema": "http",
+                "password": emulator.token,
+            }
+        ),
+    )
+    monkeypatch.setenv("DATABRICKS_HOST", emulator.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", emulator.token)
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
+
+
+def test_the_run_id_contract_through_the_providers_hook(setup, emulated_workspace):
+    """submit stages and submits once per key; state, url and cancel need only the run id."""
+    env, jobs, request = setup
+    emulator = emulated_workspace
+    emulator.set_faults(stuck_pending=True)  # no Spark needed: the run waits until cancelled
+    compute = compute_for(env, jobs, MLRELEASE_DATABRICKS_CONN_ID="databricks_emulated")
+    handle = compute.submit(request, "key-try1")
+    assert compute.submit(request, "key-try1") == handle  # a repeated key is the same run
+    assert [r["run_id"] for r in emulator.runs()] == [int(handle.run_id)]
+    assert handle.url.startswith(emulator.url) and handle.url.endswith(f"/run/{handle.run_id}")
+    assert compute.url(handle.run_id) == handle.url
+    assert compute.state(handle.run_id).life_cycle is JobLifeCycle.PENDING
+    staged = emulator.volume_path(compute.staging_plan(request)["job"].remote)
+    assert staged.read_text() == (jobs / "train_income.py").read_text()
+
+    compute.cancel(handle.run_id)
+    state = compute.state(handle.run_id)
+    assert (state.life_cycle, state.result) == (JobLifeCycle.TERMINATED, JobResult.CANCELED)
+    from mlrelease.backends.base import TrainingJobError
+
+    with pytest.raises(TrainingJobError, match=f"Databricks run {handle.run_id} ended TERMINATED"):
+        compute.result(handle.run_id)

@@ -17,7 +17,6 @@ API, so staging again is a no-op and a cluster never picks up a stale copy. No h
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -107,12 +106,8 @@ class DatabricksCompute:
         """Local files and where they go on the volume: data, job file (volume mode) and wheel."""
         volume = self.settings.volume
         plan = {
-            "train": StagedFile(Path(request.train_path), ""),
-            "holdout": StagedFile(Path(request.holdout_path), ""),
-        }
-        plan = {
-            role: StagedFile(staged.local, _content_path(f"{volume}/data", staged.local, f"{role}.parquet"))
-            for role, staged in plan.items()
+            role: StagedFile(Path(local), _content_path(f"{volume}/data", Path(local), f"{role}.parquet"))
+            for role, local in (("train", request.train_path), ("holdout", request.holdout_path))
         }
         if self.settings.job_source == "volume":
             job = self.jobs_dir / JOB_FILE_NAME
@@ -275,12 +270,3 @@ def to_job_state(life_cycle: str, result: str | None, message: str | None) -> Jo
     if cycle is JobLifeCycle.INTERNAL_ERROR and outcome is None:
         outcome = JobResult.FAILED
     return JobState(cycle, outcome, message or "")
-
-
-def databricks_env(host_url: str, token: str) -> dict[str, str]:
-    """The environment the MLflow client and the Databricks SDK read the workspace from."""
-    return {"DATABRICKS_HOST": host_url, "DATABRICKS_TOKEN": token}
-
-
-def apply_env(values: dict[str, str]) -> None:
-    os.environ.update(values)
