@@ -45,7 +45,7 @@ demo-cloud: venv
 	@scripts/demo-cloud.sh
 
 wheel: venv
-	$(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w dist .
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/python -m pip wheel --no-deps --no-build-isolation -q -w dist .
 	@ls dist/mlrelease-*.whl
 
 CLOUD_HOME := $(CURDIR)/.mlrelease-cloud

@@ -165,6 +165,7 @@ def test_the_wheel_a_cluster_installs_does_not_pull_in_airflow(tmp_path):
     import zipfile
 
     from mlrelease.backends.azure.databricks import build_wheel
+    from mlrelease.hashing import sha256_file
     from mlrelease.settings import project_root
 
     wheel = build_wheel(project_root(), tmp_path)
@@ -175,6 +176,8 @@ def test_the_wheel_a_cluster_installs_does_not_pull_in_airflow(tmp_path):
     unconditional = [line for line in required if "extra ==" not in line]
     assert unconditional and not any("airflow" in line or "fastapi" in line for line in unconditional)
     assert "mlrelease/training/run.py" in names and "mlrelease/tags.py" in names
+    # Built again from the same source: the same bytes, so the same path on the volume (no re-upload).
+    assert sha256_file(build_wheel(project_root(), tmp_path / "again")) == sha256_file(wheel)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ API, so staging again is a no-op and a cluster never picks up a stale copy. No h
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ def _content_path(root: str, local: Path, name: str | None = None) -> str:
     return f"{root}/{sha256_file(local)[:16]}/{name or local.name}"
 
 
+WHEEL_SOURCE_DATE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip file can record
+
+
 def build_wheel(root: Path, out_dir: Path) -> Path:
     """Build this package's wheel from a checkout (no network: the venv has setuptools)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +68,9 @@ def build_wheel(root: Path, out_dir: Path) -> Path:
         + [str(root)],
         capture_output=True,
         text=True,
+        # Fixed zip timestamps: the same source gives the same bytes, so the same content-addressed
+        # path on the volume, and an unchanged package is not uploaded again on every run.
+        env={**os.environ, "SOURCE_DATE_EPOCH": WHEEL_SOURCE_DATE_EPOCH},
     )
     wheels = sorted(out_dir.glob("mlrelease-*.whl"))
     if result.returncode != 0 or not wheels:
