@@ -10,9 +10,9 @@ night and on demand, and releases it only if it is good enough.
 | `train_candidates` | one Spark application (local `spark-submit`, or a Databricks run with `MLRELEASE_COMPUTE=databricks`) fits every candidate; each is an MLflow child run under one parent run per DAG run | the log names the run id, the driver log or Databricks run page, and the error; a retry after a crash reattaches to the run, after a failure submits a fresh one and refits only missing candidates |
 | `select_and_gate` | picks the best child run on the validation metric, then gates it on the held-out data: an absolute bar and "no worse than prod" | a rejection **skips** (does not fail) the release tasks and logs both numbers and the threshold |
 | `register_model` | registers the winner in the model registry with full lineage tags | idempotent: a retry reuses the version it made |
-| `deploy_test` | deploys the new version to the **test** endpoint (hot swap: the endpoint keeps answering with its previous model until the new one is loaded) | the log says what the endpoint still serves and where its log is |
-| `check_test` | endpoint checks on test: health, served version, the seed's three persons, one prediction per record, a held-out batch equal to the model's offline (Spark) predictions, a latency bound, a malformed request refused | each failed check is logged as expected vs actual; prod is untouched |
-| `promote_prod` | deploys to **prod** the same way, runs the same checks there, then moves the registry alias `prod` and appends the release record | failed prod checks roll prod back to the previous version automatically; the alias is not moved; the task fails |
+| `deploy_test` | deploys the new version to the **test** endpoint beside what it serves (locally a hot swap; on Azure ML a new AKS deployment at 0% traffic, waited for in the triggerer) | the log says what the endpoint still serves; a deployment that fails provisioning is removed and its log tail printed |
+| `check_test` | endpoint checks on the new deployment: the contract (served model named in each answer, the seed's three persons, one prediction per record, a held-out batch equal to the model's offline predictions, a latency bound, a malformed request refused) plus the platform's (health and metadata locally; provisioned and key required on Azure ML); then test's traffic moves to it | each failed check is logged as expected vs actual; prod is untouched |
+| `promote_prod` | deploys to **prod** the same way, runs the same checks on the new deployment, moves prod's traffic and `prod` (the registry alias locally, the audit record on Azure ML), removes the old deployment, appends the release record | a failed check or cut-over returns prod's traffic to the previous version automatically; `prod` is not moved; the task fails |
 | `report` | prints the candidates table, winner, gate decision, version and release | |
 
 **Trigger with parameters** (Trigger DAG w/ config): choose candidates, the gate mode (`enforce`,
@@ -31,6 +31,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, task
 
+from mlrelease.airflow.deploying import DeployTestOperator, PromoteProdOperator
 from mlrelease.airflow.operators import train_candidates_operator
 from mlrelease.domain.candidates import CANDIDATES
 from mlrelease.domain.endpoint_checks import DEFAULT_LATENCY_BUDGET_MS
@@ -129,23 +130,11 @@ def income_release():
 
         return tasks.register_winner(training, fingerprint, context)
 
-    @task(retries=1)
-    def deploy_test(registered: dict, **context) -> dict:
-        from mlrelease.airflow import tasks
-
-        return tasks.deploy_test(registered, context)
-
     @task(retries=0)
     def check_test(registered: dict, **context) -> dict:
         from mlrelease.airflow import tasks
 
         return tasks.check_test(registered, context)
-
-    @task(retries=0)
-    def promote_prod(registered: dict, **context) -> dict:
-        from mlrelease.airflow import tasks
-
-        return tasks.promote_prod(registered, context)
 
     @task(trigger_rule="none_failed_min_one_success", retries=0)
     def report(training: dict, **context) -> str:
@@ -163,9 +152,10 @@ def income_release():
     )
     gate = select_and_gate(training.output)
     registered = register_model(training.output, fingerprint)
-    deployed = deploy_test(registered)
+    # Both defer while an AKS deployment provisions (no worker slot held); locally they never defer.
+    deployed = DeployTestOperator(task_id="deploy_test", registered=registered, retries=1)
     checked = check_test(registered)
-    promoted = promote_prod(registered)
+    promoted = PromoteProdOperator(task_id="promote_prod", registered=registered, retries=0)
     gate >> registered
     deployed >> checked >> promoted
     # Not directly downstream of the gate: a short-circuit skips its direct downstream tasks, and the

@@ -16,6 +16,7 @@ from typing import Any
 from mlrelease.backends import Backends
 from mlrelease.domain.gate import PROD_ALIAS
 from mlrelease.domain.release import (
+    ALIAS_MOVED,
     DEPLOYMENT,
     ENDPOINT_CHECKS,
     RELEASE,
@@ -62,7 +63,7 @@ class AuditLookupError(LookupError):
 def prod_history(backends: Backends, model_name: str) -> list[dict[str, Any]]:
     moves = [
         (e.recorded_at, str(e.payload["version"]), e.payload.get("release_id"))
-        for e in backends.audit.events(kind="alias_moved", subject=f"{model_name}:{PROD_ALIAS}")
+        for e in backends.audit.events(kind=ALIAS_MOVED, subject=f"{model_name}:{PROD_ALIAS}")
     ]
     return [interval.to_dict() for interval in alias_intervals(moves)]
 

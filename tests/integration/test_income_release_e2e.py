@@ -104,17 +104,16 @@ def rollback_drill(status: dict) -> None:
     from mlrelease.backends import get_backends
     from mlrelease.domain.endpoint_checks import EndpointCheck
     from mlrelease.domain.lineage import AirflowRunInfo
-    from mlrelease.serving.probe import check_endpoint
     from mlrelease.settings import load_settings
 
     settings = load_settings()
     backends = get_backends(settings)
     release = releasing.Release(MODEL, "3", AirflowRunInfo(DAG_ID, "rollback-drill", 1, "manual", "oncall"))
-    releasing.deploy(backends, settings, release, releasing.TEST)
-    assert releasing.run_checks(backends, settings, release, releasing.TEST).passed
+    releasing.deploy(backends, release, releasing.TEST)
+    assert releasing.check_test(backends, settings, release).passed
 
-    def failing_on_prod(endpoint, url, expect):
-        report = check_endpoint(endpoint, url, expect)
+    def failing_on_prod(endpoint, expect, rollout):
+        report = backends.endpoints.check(endpoint, expect, rollout)
         if endpoint == releasing.PROD:  # as if prod's traffic or hardware made it miss a check
             report.checks.append(EndpointCheck("drill", False, "prod-only check passes", "forced failure"))
         return report
@@ -132,7 +131,9 @@ def rollback_drill(status: dict) -> None:
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        with pytest.raises(releasing.ReleaseError, match="rolled back to version 2"):
+        with pytest.raises(
+            releasing.ReleaseError, match=r"rolled back to income-classifier version 2 \(release"
+        ):
             releasing.promote(backends, settings, release, checker=failing_on_prod)
     finally:
         stop.set()

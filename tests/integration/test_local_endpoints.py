@@ -8,7 +8,6 @@ on our port is refused rather than deployed into; stopping is graceful.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from pathlib import Path
@@ -16,30 +15,36 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlrelease.backends.base import DeploymentSpec, EndpointError
+from mlrelease.backends.base import DeploymentSpec, EndpointError, ModelVersionRef
 from mlrelease.backends.local.endpoints import LocalEndpoints
+from mlrelease.domain.served import ServedModelRef
+from mlrelease.tags import PORTABLE_MODEL_ARTIFACT
 from tests.conftest import free_port
 from tests.unit.serving.conftest import lr_document, record
 
 
 def spec(tmp_path: Path, version: str, document: dict | bytes) -> DeploymentSpec:
+    """A version whose portable model file (what the backend stages) holds ``document``."""
     data = document if isinstance(document, bytes) else json.dumps(document).encode()
-    artifact = tmp_path / f"model-v{version}.json"
+    artifact = tmp_path / "artifacts" / f"model-v{version}.json"
+    artifact.parent.mkdir(exist_ok=True)
     artifact.write_bytes(data)
+    ref = ModelVersionRef("income-classifier", version, run_id=f"run-{version}", source=str(artifact))
     return DeploymentSpec(
-        model_name="income-classifier",
-        version=version,
-        release_id=f"rel-{version}",
-        artifact=str(artifact),
-        artifact_sha256=hashlib.sha256(data).hexdigest(),
-        lineage={"dataset_sha256": "abc"},
-        stage="test",
+        model=ref, release_id=f"rel-{version}", lineage={"dataset_sha256": "abc"}, stage="test"
     )
+
+
+def fetch_source(ref: ModelVersionRef, artifact: str) -> Path:
+    assert artifact == PORTABLE_MODEL_ARTIFACT
+    return Path(ref.source)
 
 
 @pytest.fixture
 def endpoints(tmp_path):
-    backend = LocalEndpoints(tmp_path / "endpoints", {"test": free_port()}, tmp_path / "audit.db")
+    backend = LocalEndpoints(
+        tmp_path / "endpoints", {"test": free_port()}, tmp_path / "audit.db", fetch_artifact=fetch_source
+    )
     yield backend
     backend.stop("test")
 
@@ -50,15 +55,16 @@ def score(url: str) -> httpx.Response:
 
 def test_deploy_hot_swaps_without_a_failed_request(endpoints, tmp_path):
     first = endpoints.deploy("test", spec(tmp_path, "1", lr_document(intercept=-7.0)))
-    assert first["model"] == {"name": "income-classifier", "version": "1"} and first["release_id"] == "rel-1"
+    assert first.live and first.served == ServedModelRef(
+        "income-classifier", "1", "rel-1", first.served.artifact_sha256
+    )
+    loaded_at = endpoints.metadata("test")["loaded_at"]
     url = endpoints.url("test")
     pid = endpoints.pid("test")
     assert pid and score(url).json()["model"]["version"] == "1"
     # Deploying what is already served changes nothing (a retried task).
-    assert (
-        endpoints.deploy("test", spec(tmp_path, "1", lr_document(intercept=-7.0)))["loaded_at"]
-        == first["loaded_at"]
-    )
+    assert endpoints.deploy("test", spec(tmp_path, "1", lr_document(intercept=-7.0))) == first
+    assert endpoints.metadata("test")["loaded_at"] == loaded_at
 
     statuses: list[int] = []
     versions: set[str] = set()
@@ -92,30 +98,34 @@ def test_a_model_that_cannot_load_leaves_the_previous_one_serving(endpoints, tmp
     broken = spec(tmp_path, "2", b'{"format": "mlrelease.portable.v1", "algorithm": "NaiveBayes"}')
     with pytest.raises(EndpointError, match="still serving"):
         endpoints.deploy("test", broken)
-    assert endpoints.current("test")["model"]["version"] == "1"
+    assert endpoints.serving("test").version == "1"
     assert endpoints.desired("test")["model"]["version"] == "1"  # a restart serves version 1 too
     endpoints.stop("test")
     assert endpoints.status()["test"]["up"] is False
     restarted = endpoints.deploy("test", good)
-    assert restarted["model"]["version"] == "1"
+    assert restarted.served.version == "1"
 
 
-def test_restore_rolls_back_to_a_previous_deployment_or_to_nothing(endpoints, tmp_path):
+def test_roll_back_returns_to_a_previous_deployment_or_to_nothing(endpoints, tmp_path):
     endpoints.deploy("test", spec(tmp_path, "1", lr_document()))
-    previous = endpoints.desired("test")
-    endpoints.deploy("test", spec(tmp_path, "2", lr_document(intercept=-5.0)))
-    restored = endpoints.restore("test", previous)
-    assert restored["model"]["version"] == "1" and restored["release_id"] == "rel-1"
-    assert endpoints.restore("test", None) is None
+    previous = endpoints.restore_point("test")
+    rollout = endpoints.deploy("test", spec(tmp_path, "2", lr_document(intercept=-5.0)))
+    assert endpoints.find("test", rollout.served) == rollout
+    restored = endpoints.roll_back(rollout, previous)
+    assert (restored.version, restored.release_id) == ("1", "rel-1")
+    assert endpoints.find("test", rollout.served) is None
+    assert endpoints.roll_back(rollout, None) is None
     assert endpoints.status()["test"]["up"] is False and endpoints.desired("test") is None
 
 
 def test_a_service_of_another_home_on_our_port_is_refused(endpoints, tmp_path):
     endpoints.deploy("test", spec(tmp_path, "1", lr_document()))
-    other_home = LocalEndpoints(tmp_path / "other", endpoints.ports, tmp_path / "other-audit.db")
+    other_home = LocalEndpoints(
+        tmp_path / "other", endpoints.ports, tmp_path / "other-audit.db", fetch_artifact=fetch_source
+    )
     with pytest.raises(EndpointError, match="not started from"):
         other_home.deploy("test", spec(tmp_path, "9", lr_document()))
-    assert endpoints.current("test")["model"]["version"] == "1"
+    assert endpoints.serving("test").version == "1"
 
 
 def test_unknown_endpoint_is_named(endpoints):

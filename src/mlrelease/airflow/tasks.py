@@ -119,26 +119,17 @@ def _release(registered: dict, context: dict[str, Any]):
     )
 
 
-def deploy_test(registered: dict, context: dict[str, Any]) -> dict:
-    """Deploy the registered winner to the test endpoint (hot swap: it never answers with an error)."""
+def check_test(registered: dict, context: dict[str, Any]) -> dict:
+    """Endpoint checks on the test deployment, then its traffic moves to it; a failed check fails the task and
+    nothing reaches prod."""
     from mlrelease import releasing
 
     settings, backends = _backends()
     release = _release(registered, context)
     try:
-        served = releasing.deploy(backends, settings, release, releasing.TEST)
+        report = releasing.check_test(backends, settings, release)
     except (releasing.ReleaseError, releasing.EndpointError) as error:
-        raise AirflowFailException(f"deploy_test: {error}") from error
-    return {"release_id": release.release_id, "url": backends.endpoints.url(releasing.TEST), "served": served}
-
-
-def check_test(registered: dict, context: dict[str, Any]) -> dict:
-    """Endpoint checks on the test endpoint; any failed check fails the task and nothing reaches prod."""
-    from mlrelease import releasing
-
-    settings, backends = _backends()
-    release = _release(registered, context)
-    report = releasing.run_checks(backends, settings, release, releasing.TEST)
+        raise AirflowFailException(f"check_test: {error}") from error
     if not report.passed:
         raise AirflowFailException(
             f"{len(report.failed)} of {len(report.checks)} test endpoint checks FAILED for "
@@ -149,18 +140,6 @@ def check_test(registered: dict, context: dict[str, Any]) -> dict:
         )
     log.info("All %s test endpoint checks passed at %s", len(report.checks), report.url)
     return report.to_dict()
-
-
-def promote_prod(registered: dict, context: dict[str, Any]) -> dict:
-    """Deploy to prod, check prod, move the alias ``prod`` and record the release; roll back on failure."""
-    from mlrelease import releasing
-
-    settings, backends = _backends()
-    try:
-        return releasing.promote(backends, settings, _release(registered, context))
-    except releasing.ReleaseError as error:
-        # A refusal or a rollback is not transient: fail now, with prod's state in the message.
-        raise AirflowFailException(str(error)) from error
 
 
 def report(training: dict | None, context: dict[str, Any]) -> str:

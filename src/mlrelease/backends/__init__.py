@@ -30,7 +30,7 @@ class Backends:
     endpoints: EndpointBackend
 
 
-def _local_compute(settings: Settings) -> ComputeBackend:
+def _local_compute(settings: Settings, built: dict[str, Any]) -> ComputeBackend:
     from mlrelease.backends.local.spark import LocalSparkCompute
 
     return LocalSparkCompute(
@@ -38,25 +38,25 @@ def _local_compute(settings: Settings) -> ComputeBackend:
     )
 
 
-def _databricks_compute(settings: Settings) -> ComputeBackend:
+def _databricks_compute(settings: Settings, built: dict[str, Any]) -> ComputeBackend:
     from mlrelease.backends.azure.databricks import DatabricksCompute
 
     return DatabricksCompute(settings.databricks, settings.jobs_dir, settings.home)
 
 
-def _local_tracker(settings: Settings) -> ExperimentTracker:
+def _local_tracker(settings: Settings, built: dict[str, Any]) -> ExperimentTracker:
     from mlrelease.backends.local.mlflow_store import MlflowTracker
 
     return MlflowTracker(settings.tracking_uri, settings.artifact_root.as_uri(), settings.mlflow_ui_url)
 
 
-def _databricks_tracker(settings: Settings) -> ExperimentTracker:
+def _databricks_tracker(settings: Settings, built: dict[str, Any]) -> ExperimentTracker:
     from mlrelease.backends.local.mlflow_store import DatabricksMlflowTracker
 
     return DatabricksMlflowTracker(settings.databricks.artifact_location)
 
 
-def _mlflow_registry(settings: Settings) -> ModelRegistry:
+def _mlflow_registry(settings: Settings, built: dict[str, Any]) -> ModelRegistry:
     """The local MLflow registry (SQLite in MLRELEASE_HOME), also when runs are tracked on Databricks.
 
     Not the Databricks workspace registry: MLflow refuses aliases there (only Unity Catalog has them),
@@ -67,31 +67,44 @@ def _mlflow_registry(settings: Settings) -> ModelRegistry:
     return MlflowRegistry(settings.registry_uri, settings.mlflow_ui_url)
 
 
-def _local_audit(settings: Settings) -> AuditLog:
+def _local_audit(settings: Settings, built: dict[str, Any]) -> AuditLog:
     from mlrelease.backends.local.audit import SqliteAuditLog
 
     return SqliteAuditLog(settings.audit_db_path)
 
 
-def _local_endpoints(settings: Settings) -> EndpointBackend:
+def _local_endpoints(settings: Settings, built: dict[str, Any]) -> EndpointBackend:
+    """Scoring processes on loopback, which load the portable model file fetched from the training run."""
+    from mlrelease.artifacts import fetch_run_artifact
     from mlrelease.backends.local.endpoints import LocalEndpoints
 
-    return LocalEndpoints(settings.endpoints_dir, settings.endpoint_ports, settings.audit_db_path)
+    return LocalEndpoints(
+        settings.endpoints_dir,
+        settings.endpoint_ports,
+        settings.audit_db_path,
+        fetch_artifact=lambda ref, artifact: fetch_run_artifact(
+            built["tracking"], settings.models_dir, ref, artifact
+        ),
+    )
 
 
-# concern -> choice -> builder. settings.CONCERN_CHOICES lists the same choices (and refuses others).
-SWITCH: dict[str, dict[str, Callable[[Settings], Any]]] = {
+# concern -> choice -> builder(settings, the concerns built before it). Built in this order, so a
+# builder may use an earlier concern (endpoints fetch artifacts through the tracker).
+# settings.CONCERN_CHOICES lists the same choices (and refuses others).
+SWITCH: dict[str, dict[str, Callable[[Settings, dict[str, Any]], Any]]] = {
     "compute": {"local": _local_compute, "databricks": _databricks_compute},
     "tracking": {"local": _local_tracker, "databricks": _databricks_tracker},
+    "audit": {"local": _local_audit},
     "registry": {"local": _mlflow_registry},
     "endpoints": {"local": _local_endpoints},
-    "audit": {"local": _local_audit},
 }
 
 
 def get_backends(settings: Settings) -> Backends:
     settings.ensure_dirs()
-    built = {concern: SWITCH[concern][getattr(settings, concern)](settings) for concern in SWITCH}
+    built: dict[str, Any] = {}
+    for concern, choices in SWITCH.items():
+        built[concern] = choices[getattr(settings, concern)](settings, built)
     return Backends(
         compute=built["compute"],
         tracker=built["tracking"],

@@ -17,7 +17,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlrelease.domain.endpoint_checks import CheckReport, Expectation
+from mlrelease.domain.records import AuditEvent, PredictionRecord
 from mlrelease.domain.selection import CandidateResult
+from mlrelease.domain.served import ServedModelRef
 
 
 @dataclass(frozen=True)
@@ -222,38 +225,51 @@ class ModelRegistry(Protocol):
 
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """What an endpoint should serve: one registered version, in one release, from one artifact."""
+    """What an endpoint should serve: one registered version, in one release.
 
-    model_name: str
-    version: str
+    Registry-neutral: each endpoint backend stages what it needs from ``model`` itself (the local one
+    fetches the portable model file, Azure ML references the registered model asset).
+    """
+
+    model: ModelVersionRef
     release_id: str
-    artifact: str  # local path of the portable model document (the cloud backend: the registered asset)
-    artifact_sha256: str
     lineage: dict[str, Any]
     stage: str
 
-    def desired(self, deployed_at: str) -> dict[str, Any]:
-        return {
-            "model": {"name": self.model_name, "version": self.version},
-            "release_id": self.release_id,
-            "artifact": self.artifact,
-            "artifact_sha256": self.artifact_sha256,
-            "lineage": self.lineage,
-            "stage": self.stage,
-            "deployed_at": deployed_at,
-        }
+    @property
+    def served(self) -> ServedModelRef:
+        return ServedModelRef(self.model.name, self.model.version, self.release_id)
 
-    def served_by(self, metadata: dict[str, Any] | None) -> bool:
-        """Does an endpoint's ``/metadata`` say it already serves exactly this?"""
-        if not metadata:
-            return False
-        model = metadata.get("model") or {}
-        return (
-            model.get("name") == self.model_name
-            and str(model.get("version")) == str(self.version)
-            and metadata.get("release_id") == self.release_id
-            and metadata.get("artifact_sha256", self.artifact_sha256) == self.artifact_sha256
-        )
+
+@dataclass(frozen=True)
+class Rollout:
+    """One deployment made by :meth:`EndpointBackend.deploy`, as the later steps of a release need it.
+
+    ``deployment`` is the platform's name for it (Azure ML: the deployment that checks reach with the
+    ``azureml-model-deployment`` header before it takes traffic); ``live`` says it already takes the
+    endpoint's traffic (the local service swaps in place), so a cut-over has nothing left to move.
+    """
+
+    endpoint: str
+    served: ServedModelRef
+    deployment: str | None = None
+    live: bool = False
+
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """Where a submitted deployment is: Azure ML's provisioning states (Creating, Updating, Succeeded,
+    Failed, ...); ``message`` says why it failed (the deployment log's tail)."""
+
+    state: str
+    message: str = ""
+
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def done(self) -> bool:
+        return self.state in (self.SUCCEEDED, self.FAILED)
 
 
 class EndpointError(RuntimeError):
@@ -261,52 +277,67 @@ class EndpointError(RuntimeError):
 
 
 class EndpointBackend(Protocol):
-    def url(self, endpoint: str) -> str: ...
+    """Test and prod endpoints. A release is deploy → check → cut over → retire, or roll back.
 
-    def current(self, endpoint: str) -> dict[str, Any] | None:
-        """The endpoint's ``/metadata`` (what it serves), or None when it is down or serves nothing."""
+    Each step keeps the rule that an endpoint is never left without a serving model: the new version
+    is loaded beside the one serving; traffic moves only after its checks passed; the old one goes only
+    after the new one served. Every step is idempotent, so a retried task converges.
+    """
+
+    def url(self, endpoint: str) -> str:
+        """The base URL that ``/score`` is appended to (never with a key in it)."""
         ...
 
-    def desired(self, endpoint: str) -> dict[str, Any] | None:
-        """The deployment the endpoint is configured to serve (a ``DeploymentSpec.desired`` document)."""
+    def serving(self, endpoint: str) -> ServedModelRef | None:
+        """The model that takes the endpoint's traffic, or None when it serves nothing."""
         ...
 
-    def deploy(self, endpoint: str, spec: DeploymentSpec) -> dict[str, Any]:
-        """Serve ``spec``; the previous model keeps answering until the new one is loaded and healthy.
+    def restore_point(self, endpoint: str) -> dict[str, Any] | None:
+        """A JSON document of what the endpoint serves now, which :meth:`roll_back` can return to."""
+        ...
 
-        Idempotent: an endpoint that already serves ``spec`` is left alone. Raises EndpointError when the
-        new model could not be loaded (the previous one is still serving).
+    def start_deploy(self, endpoint: str, spec: DeploymentSpec) -> Rollout:
+        """Submit ``spec`` to be loaded beside what serves; EndpointError (the previous model still
+        serving) if it is refused. Does not wait for provisioning (:meth:`deployment_state` does).
+
+        Idempotent: a version already deployed in that release is found, not deployed again.
         """
         ...
 
-    def restore(self, endpoint: str, desired: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Roll back to a previous ``desired`` document, or to serving nothing when it is None."""
+    def deployment_state(self, rollout: Rollout) -> DeploymentState: ...
+
+    def finish_deploy(self, rollout: Rollout, state: DeploymentState) -> Rollout:
+        """The provisioned rollout, or EndpointError (a failed deployment removed, traffic unchanged)."""
+        ...
+
+    def deploy(self, endpoint: str, spec: DeploymentSpec) -> Rollout:
+        """:meth:`start_deploy`, wait, :meth:`finish_deploy`: for callers that may block."""
+        ...
+
+    def find(self, endpoint: str, served: ServedModelRef) -> Rollout | None:
+        """The rollout that put ``served`` on ``endpoint`` (for the checks of a later task)."""
+        ...
+
+    def check(self, endpoint: str, expect: Expectation, rollout: Rollout) -> CheckReport:
+        """The contract checks against the rollout's deployment, plus this platform's checks."""
+        ...
+
+    def cut_over(self, rollout: Rollout) -> ServedModelRef:
+        """Move all the endpoint's traffic to the rollout and verify it serves; EndpointError (traffic back
+        where it was) otherwise."""
+        ...
+
+    def retire(self, rollout: Rollout) -> list[str]:
+        """Remove what no longer serves after a cut-over that passed; the names removed."""
+        ...
+
+    def roll_back(self, rollout: Rollout, restore_point: dict[str, Any] | None) -> ServedModelRef | None:
+        """Traffic back to ``restore_point`` (serving nothing when None) and the rollout removed."""
         ...
 
     def stop(self, endpoint: str) -> bool: ...
 
     def status(self) -> dict[str, dict[str, Any]]: ...
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One request to a scoring endpoint, as kept in the prediction log (accepted or rejected).
-
-    ``inputs``/``outputs`` are the records and predictions in request order; a rejected request has
-    ``status`` 4xx, ``outputs`` None and ``error`` the JSON body it was answered with.
-    """
-
-    request_id: str
-    received_at: str
-    endpoint: str
-    model_name: str | None
-    model_version: str | None
-    release_id: str | None
-    status: int
-    latency_ms: float
-    inputs: Any
-    outputs: Any
-    error: Any = None
 
 
 class AuditLog(Protocol):
@@ -316,11 +347,17 @@ class AuditLog(Protocol):
     methods with an Azure store.
     """
 
-    def append(self, event_key: str, kind: str, subject: str, payload: dict[str, Any]) -> Any: ...
+    def append(self, event_key: str, kind: str, subject: str, payload: dict[str, Any]) -> AuditEvent:
+        """Append once per ``event_key``; a repeated key returns the first event unchanged."""
+        ...
 
-    def events(self, kind: str | None = None, subject: str | None = None) -> list[Any]: ...
+    def events(self, kind: str | None = None, subject: str | None = None) -> list[AuditEvent]:
+        """Events in the order they were appended, optionally of one kind and/or one subject."""
+        ...
 
-    def append_prediction(self, record: PredictionRecord) -> PredictionRecord: ...
+    def append_prediction(self, record: PredictionRecord) -> PredictionRecord:
+        """Durably store one request's record before it is answered; a repeated id keeps the first."""
+        ...
 
     def get_prediction(self, request_id: str) -> PredictionRecord | None: ...
 

@@ -1,9 +1,18 @@
 """Endpoint checks: does a deployed endpoint serve the model we registered, correctly?
 
-The probe (``mlrelease.serving.probe``) makes the HTTP calls and collects what came back into
-:class:`Observations`; :func:`evaluate` turns those into named pass/fail checks with expected and actual
-values. Splitting the two keeps every rule a pure function that a unit test can drive with any response,
-including the broken ones a real endpoint rarely produces on demand.
+Two kinds, so a second platform adds checks instead of changing them:
+
+* **contract checks** (:func:`contract_checks`), the same on every platform: they use only
+  ``POST /score`` (whose answer names model, version and release), so they work against an endpoint
+  that needs a key and has no ``/metadata`` route;
+* **platform checks**, each backend's own (the local service's ``/health`` and ``/metadata``:
+  :func:`health_check`, :func:`metadata_check`; Azure ML's provisioning state and key auth live in
+  its backend).
+
+The probe (``mlrelease.backends.probe``) makes the HTTP calls and collects what came back into
+:class:`Observations`; the functions here turn those into named pass/fail checks with expected and
+actual values. Splitting the two keeps every rule a pure function that a unit test can drive with any
+response, including the broken ones a real endpoint rarely produces on demand.
 
 The three persons are the seed's (its ``50_testEndpoint.py``): person 1 is a 39-year-old State-gov
 Bachelor with a capital gain of 23,174 (must be ``>50K``), person 3 a 38-year-old divorced HS-grad
@@ -20,6 +29,7 @@ from typing import Any
 
 from mlrelease.domain.payload import EXAMPLE_RECORD
 from mlrelease.domain.schema import NEGATIVE_LABEL, POSITIVE_LABEL
+from mlrelease.domain.served import ServedModelRef
 
 PERSON_1: dict[str, Any] = {**EXAMPLE_RECORD, "capital_gain": 23174}
 PERSON_2: dict[str, Any] = {
@@ -80,8 +90,8 @@ class HttpObservation:
 
 @dataclass(frozen=True)
 class Observations:
-    health: HttpObservation
-    metadata: HttpObservation
+    """The answers to the contract's three ``POST /score`` requests."""
+
     persons: HttpObservation
     holdout: HttpObservation
     malformed: HttpObservation
@@ -95,6 +105,10 @@ class Expectation:
     holdout_records: list[dict[str, Any]]
     holdout_predictions: list[dict[str, Any]]
     latency_budget_ms: float = DEFAULT_LATENCY_BUDGET_MS
+
+    @property
+    def served(self) -> ServedModelRef:
+        return ServedModelRef(self.model_name, self.version, self.release_id)
 
 
 @dataclass(frozen=True)
@@ -186,30 +200,45 @@ def _parity_check(expect: Expectation, predictions: list | None, status: str) ->
     return EndpointCheck("holdout_parity", ok, expected, actual)
 
 
-def evaluate(observations: Observations, expect: Expectation) -> list[EndpointCheck]:
-    """Every endpoint check, in the order an on-call engineer would read them."""
-    checks: list[EndpointCheck] = []
-    health = observations.health
+def health_check(health: HttpObservation) -> EndpointCheck:
+    """Platform check of the local service: ``GET /health`` says ready."""
     ready = health.status == 200 and isinstance(health.body, dict) and health.body.get("status") == "ready"
-    checks.append(
-        EndpointCheck(
-            "health", ready, "HTTP 200 with status ready", f"{health.describe()} {health.body!r}"[:300]
-        )
+    return EndpointCheck(
+        "health", ready, "HTTP 200 with status ready", f"{health.describe()} {health.body!r}"[:300]
     )
 
-    meta = observations.metadata.body if isinstance(observations.metadata.body, dict) else {}
-    model = meta.get("model") or {}
-    served = (model.get("name"), str(model.get("version")), meta.get("release_id"))
-    want = (expect.model_name, expect.version, expect.release_id)
-    checks.append(
-        EndpointCheck(
-            "metadata_version",
-            observations.metadata.status == 200 and served == want,
-            f"{want[0]} version {want[1]}, release {want[2]}",
-            f"{observations.metadata.describe()}: {served[0]} version {served[1]}, release {served[2]}",
-        )
+
+def metadata_check(metadata: HttpObservation, expect: Expectation) -> EndpointCheck:
+    """Platform check of the local service: ``GET /metadata`` names the expected model and release."""
+    served = ServedModelRef.from_document(metadata.body if isinstance(metadata.body, dict) else None)
+    return EndpointCheck(
+        "metadata_version",
+        metadata.status == 200 and expect.served.same_as(served),
+        expect.served.describe(),
+        f"{metadata.describe()}: {served.describe() if served else 'no model named'}",
     )
 
+
+def _served_model_check(observations: Observations, expect: Expectation) -> EndpointCheck:
+    """Both scoring answers name the expected model, version and release (the contract's identity)."""
+    answers = [observations.persons, observations.holdout]
+    named = [
+        ServedModelRef.from_document(a.body if isinstance(a.body, dict) else None)
+        if a.status == 200
+        else None
+        for a in answers
+    ]
+    ok = all(expect.served.same_as(ref) for ref in named)
+    actual = "; ".join(
+        ref.describe() if ref else f"no model named ({answer.describe()})"
+        for ref, answer in zip(named, answers, strict=True)
+    )
+    return EndpointCheck("served_model", ok, expect.served.describe(), actual)
+
+
+def contract_checks(observations: Observations, expect: Expectation) -> list[EndpointCheck]:
+    """Every check of the scoring contract, in the order an on-call engineer would read them."""
+    checks: list[EndpointCheck] = [_served_model_check(observations, expect)]
     persons = _predictions(observations.persons)
     checks.append(_person_check("person_1_high_income", persons, 0, POSITIVE_LABEL))
     checks.append(_person_check("person_2_shape", persons, 1, None))

@@ -46,6 +46,7 @@ ENDPOINT_CHECKS = "endpoint_checks"
 RELEASE_STARTED = "release_started"
 RELEASE = "release"
 ROLLBACK = "rollback"
+ALIAS_MOVED = "alias_moved"  # subject "<model>:<alias>": the history of what was prod from when to when
 
 
 def release_id_for(training_key: str, model_name: str, version: str) -> str:

@@ -59,12 +59,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mlrelease.backends.base import PredictionRecord
 from mlrelease.domain.payload import MAX_BODY_BYTES, MAX_RECORDS
+from mlrelease.domain.records import PredictionRecord
+from mlrelease.domain.served import ServedModelRef
 from mlrelease.serving.core import (
     INVALID_REQUEST,
     ModelLoadError,
-    ModelRef,
     Outcome,
     error_body,
     error_outcome,
@@ -148,8 +148,8 @@ class ServedModel:
     loaded_at: str
 
     @property
-    def ref(self) -> ModelRef:
-        return model_ref(self.desired.get("model"), self.desired.get("release_id"))
+    def ref(self) -> ServedModelRef:
+        return model_ref(self.desired.get("model"), self.desired.get("release_id"), self.sha256)
 
     @property
     def sha256(self) -> str:
@@ -297,14 +297,9 @@ class ModelHolder:
 
     @staticmethod
     def _same_deploy(served: ServedModel, desired: dict[str, Any]) -> bool:
-        # Same version and same bytes, under the same release: re-reading the file would change
-        # nothing. A new release id for the same model is reloaded, so predictions are logged under it.
-        new = model_ref(desired.get("model"), desired.get("release_id"))
-        return (new.name, new.version, new.release_id) == (
-            served.ref.name,
-            served.ref.version,
-            served.ref.release_id,
-        ) and str(desired.get("artifact_sha256", "")).lower() == served.sha256
+        # Re-reading the file would change nothing. A new release id for the same model is reloaded,
+        # so predictions are logged under it.
+        return served.ref.same_as(ServedModelRef.from_document(desired))
 
 
 def _is_json_media_type(content_type: str) -> bool:
@@ -419,7 +414,7 @@ def create_app(endpoint: str, state_dir: Path, prediction_log: PredictionLog) ->
         started: float,
     ) -> Outcome:
         """Write the prediction log, then return what to answer: the outcome, or 503 if it was not logged."""
-        ref = served.ref if served else ModelRef(None, None, None)
+        ref = served.ref if served else ServedModelRef(None, None, None)
         latency_ms = (time.perf_counter() - started) * 1000
         request_id = outcome.body["request_id"]
         for _attempt in range(3):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlrelease.domain.payload import EXAMPLE_RECORD, FieldError, validate_payload
+from mlrelease.domain.served import ServedModelRef
 from mlrelease.hashing import sha256_file
 from mlrelease.serving.portable import PortableModel
 
@@ -29,16 +30,8 @@ class ModelLoadError(RuntimeError):
     """An artifact could not be made to serve (missing, wrong checksum, unreadable, failed self-test)."""
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model answers: registered name and version, and the release that put it there."""
-
-    name: str | None
-    version: str | None
-    release_id: str | None
-
-    def model_dict(self) -> dict[str, str | None]:
-        return {"name": self.name, "version": self.version}
+# The served-model reference is the domain's; the old name stays importable for the score script.
+ModelRef = ServedModelRef
 
 
 @dataclass(frozen=True)
@@ -119,7 +112,9 @@ def predictions_for(model: PortableModel, records: list[dict[str, Any]]) -> list
     ]
 
 
-def score_body(body: Any, model: PortableModel | None, ref: ModelRef | None, request_id: str) -> Outcome:
+def score_body(
+    body: Any, model: PortableModel | None, ref: ServedModelRef | None, request_id: str
+) -> Outcome:
     """Validate a parsed body and score it: 200 with predictions, 422 with every problem, 503 if no model.
 
     Input is validated before the model is looked at, so a client gets the same 422 from a cold endpoint
@@ -168,7 +163,7 @@ def score_body(body: Any, model: PortableModel | None, ref: ModelRef | None, req
 
 
 def score_raw(
-    raw: bytes | str, model: PortableModel | None, ref: ModelRef | None, request_id: str
+    raw: bytes | str, model: PortableModel | None, ref: ServedModelRef | None, request_id: str
 ) -> Outcome:
     """:func:`decode_json` then :func:`score_body`; an undecodable body is a 400."""
     try:
@@ -215,12 +210,9 @@ def load_model(artifact: Path, expected_sha256: str | None = None) -> PortableMo
     return model
 
 
-def model_ref(model: Mapping[str, Any] | None, release_id: Any) -> ModelRef:
-    """A :class:`ModelRef` from ``{"name", "version"}``; versions are strings, as in the MLflow registry."""
+def model_ref(
+    model: Mapping[str, Any] | None, release_id: Any, artifact_sha256: str | None = None
+) -> ServedModelRef:
+    """A :class:`ServedModelRef` from ``{"name", "version"}``; versions are strings, as in the registries."""
     model = model or {}
-    version = model.get("version")
-    return ModelRef(
-        name=None if model.get("name") is None else str(model["name"]),
-        version=None if version is None else str(version),
-        release_id=None if release_id is None else str(release_id),
-    )
+    return ServedModelRef(model.get("name"), model.get("version"), release_id, artifact_sha256)

@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from mlrelease.backends.base import PredictionRecord
 from mlrelease.backends.local.audit import SqliteAuditLog
+from mlrelease.domain.records import PredictionRecord
 
 
 def test_append_is_idempotent_per_key(tmp_path):

@@ -9,8 +9,8 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from mlrelease.backends.base import PredictionRecord
 from mlrelease.domain.payload import MAX_BODY_BYTES, MAX_RECORDS
+from mlrelease.domain.records import PredictionRecord
 from mlrelease.domain.schema import NEGATIVE_LABEL, POSITIVE_LABEL
 from mlrelease.serving.app import create_app
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlrelease.backends.base import PredictionRecord
+from mlrelease.domain.records import AuditEvent, PredictionRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -61,16 +60,6 @@ _PREDICTION_COLUMNS = (
     "request_id, received_at, endpoint, model_name, model_version, release_id, status, latency_ms, "
     "inputs, outputs, error"
 )
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    seq: int
-    event_key: str
-    kind: str
-    subject: str
-    recorded_at: str
-    payload: dict[str, Any]
 
 
 class SqliteAuditLog:

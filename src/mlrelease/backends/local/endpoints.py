@@ -23,14 +23,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from mlrelease.backends.base import DeploymentSpec, EndpointError
+from mlrelease.backends.base import DeploymentSpec, DeploymentState, EndpointError, ModelVersionRef, Rollout
+from mlrelease.backends.probe import Target, call, client_for, run_contract_checks
+from mlrelease.domain.endpoint_checks import CheckReport, Expectation, health_check, metadata_check
+from mlrelease.domain.served import ServedModelRef
+from mlrelease.hashing import sha256_file
 from mlrelease.processes import alive
+from mlrelease.tags import PORTABLE_MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +57,15 @@ class LocalEndpoints:
         endpoints_dir: Path,
         ports: dict[str, int],
         audit_db: Path,
+        fetch_artifact: Callable[[ModelVersionRef, str], Path],
         python: str | None = None,
     ) -> None:
+        """``fetch_artifact(version, artifact path)`` returns a local copy of one of the version's
+        training-run artifacts: the local service loads the portable model file from disk."""
         self.endpoints_dir = endpoints_dir
         self.ports = ports
         self.audit_db = audit_db
+        self.fetch_artifact = fetch_artifact
         self.python = python or sys.executable
 
     # ---------------------------------------------------------------- where things are
@@ -99,15 +109,23 @@ class LocalEndpoints:
         except ValueError:
             return False
 
-    def current(self, endpoint: str) -> dict[str, Any] | None:
+    def metadata(self, endpoint: str) -> dict[str, Any] | None:
+        """The service's ``/metadata`` (what it loaded, with lineage), or None when down or empty."""
         response = self._get(endpoint, "/metadata")
         if response is None or response.status_code != 200:
             return None
         return response.json()
 
+    def serving(self, endpoint: str) -> ServedModelRef | None:
+        return ServedModelRef.from_document(self.metadata(endpoint))
+
     def desired(self, endpoint: str) -> dict[str, Any] | None:
+        """The deploy record (desired.json) the service loads on (re)start."""
         path = self.state_dir(endpoint) / "desired.json"
         return json.loads(path.read_text()) if path.is_file() else None
+
+    def restore_point(self, endpoint: str) -> dict[str, Any] | None:
+        return self.desired(endpoint)
 
     # ---------------------------------------------------------------- process lifecycle
     def ensure_running(self, endpoint: str) -> None:
@@ -209,13 +227,14 @@ class LocalEndpoints:
         except httpx.HTTPError as error:
             raise EndpointError(f"endpoint {endpoint} did not answer the reload request: {error}") from error
 
-    def _apply(self, endpoint: str, desired: dict[str, Any]) -> dict[str, Any]:
+    def _apply(self, endpoint: str, desired: dict[str, Any]) -> ServedModelRef:
         """Write ``desired`` and hot-reload; on failure put the old desired.json back and raise."""
         self.ensure_running(endpoint)
         path = self.state_dir(endpoint) / "desired.json"
         previous_text = path.read_text() if path.is_file() else None
         _write_atomically(path, json.dumps(desired, indent=2, sort_keys=True))
         response = self._reload(endpoint)
+        want = ServedModelRef.from_document(desired)
         if response.status_code != 200:
             if previous_text is None:
                 path.unlink(missing_ok=True)
@@ -226,54 +245,100 @@ class LocalEndpoints:
             except ValueError:
                 body = {"error": response.text[:500]}
             raise EndpointError(
-                f"endpoint {endpoint} refused {desired['model']['name']} version {desired['model']['version']} "
-                f"(HTTP {response.status_code}): {body.get('error')}; still serving: {body.get('still_serving')}. "
-                f"See {self.log_path(endpoint)}"
+                f"endpoint {endpoint} refused {want.describe()} (HTTP {response.status_code}): "
+                f"{body.get('error')}; still serving: {body.get('still_serving')}. See {self.log_path(endpoint)}"
             )
-        served = self.current(endpoint)
-        want = desired["model"]
-        got = (served or {}).get("model") or {}
-        if (got.get("name"), str(got.get("version"))) != (want["name"], str(want["version"])):
+        served = self.serving(endpoint)
+        if not want.same_as(served):
             raise EndpointError(
-                f"endpoint {endpoint} reloaded but /metadata shows {got or 'nothing'} instead of {want}"
+                f"endpoint {endpoint} reloaded but /metadata shows {served.describe() if served else 'nothing'} "
+                f"instead of {want.describe()}"
             )
-        return served or {}
+        return served
 
-    def deploy(self, endpoint: str, spec: DeploymentSpec) -> dict[str, Any]:
+    def _desired_document(self, spec: DeploymentSpec) -> dict[str, Any]:
+        try:
+            artifact = self.fetch_artifact(spec.model, PORTABLE_MODEL_ARTIFACT)
+        except RuntimeError as error:
+            raise EndpointError(
+                f"endpoint {spec.stage}: cannot stage {spec.served.describe()}: {error}"
+            ) from error
+        return {
+            "model": spec.served.model_dict(),
+            "release_id": spec.release_id,
+            "artifact": str(artifact),
+            "artifact_sha256": sha256_file(artifact),
+            "lineage": spec.lineage,
+            "stage": spec.stage,
+            "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def deploy(self, endpoint: str, spec: DeploymentSpec) -> Rollout:
+        """Hot swap: the service loads the new model beside the old and swaps when it is healthy, so the
+        rollout is live at once (a failed check is undone by :meth:`roll_back`)."""
         self.ensure_running(endpoint)
-        served = self.current(endpoint)
-        if spec.served_by(served):
-            log.info(
-                "Endpoint %s already serves %s version %s (release %s): nothing to deploy",
-                endpoint,
-                spec.model_name,
-                spec.version,
-                spec.release_id,
-            )
-            return served or {}
-        return self._apply(endpoint, spec.desired(datetime.now(UTC).isoformat(timespec="seconds")))
+        desired = self._desired_document(spec)
+        want = ServedModelRef.from_document(desired)
+        if want.same_as(ServedModelRef.from_document(self.metadata(endpoint))):
+            log.info("Endpoint %s already serves %s: nothing to deploy", endpoint, want.describe())
+            return Rollout(endpoint, want, live=True)
+        return Rollout(endpoint, self._apply(endpoint, desired), live=True)
 
-    def restore(self, endpoint: str, desired: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Serve ``desired`` again (a rollback), or nothing at all when there was nothing before."""
-        if desired is None:
+    def start_deploy(self, endpoint: str, spec: DeploymentSpec) -> Rollout:
+        return self.deploy(endpoint, spec)  # loading takes seconds: nothing worth deferring for
+
+    def deployment_state(self, rollout: Rollout) -> DeploymentState:
+        return DeploymentState(DeploymentState.SUCCEEDED)
+
+    def finish_deploy(self, rollout: Rollout, state: DeploymentState) -> Rollout:
+        return rollout
+
+    def find(self, endpoint: str, served: ServedModelRef) -> Rollout | None:
+        now = ServedModelRef.from_document(self.metadata(endpoint))
+        return Rollout(endpoint, now, live=True) if served.same_as(now) else None
+
+    def check(self, endpoint: str, expect: Expectation, rollout: Rollout) -> CheckReport:
+        """Platform checks (``/health``, ``/metadata``) then the contract checks, on the one local service."""
+        url = self.url(endpoint)
+        with client_for(Target(url)) as client:
+            platform = [
+                health_check(call(client, "GET", f"{url}/health")),
+                metadata_check(call(client, "GET", f"{url}/metadata"), expect),
+            ]
+        return CheckReport(endpoint, url, platform + run_contract_checks(Target(url), expect))
+
+    def cut_over(self, rollout: Rollout) -> ServedModelRef:
+        """Nothing to move: the local service swapped in place at deploy; verify it still serves."""
+        served = self.serving(rollout.endpoint)
+        if not rollout.served.same_as(served):
+            raise EndpointError(
+                f"endpoint {rollout.endpoint} should serve {rollout.served.describe()} but serves "
+                f"{served.describe() if served else 'nothing'}; redeploy"
+            )
+        return served
+
+    def retire(self, rollout: Rollout) -> list[str]:
+        return []  # one model per process: the swap already released the old one
+
+    def roll_back(self, rollout: Rollout, restore_point: dict[str, Any] | None) -> ServedModelRef | None:
+        """Serve ``restore_point`` again, or nothing at all when there was nothing before."""
+        endpoint = rollout.endpoint
+        if restore_point is None:
             self.stop(endpoint)
             for name in ("desired.json", "serving.json"):
                 (self.state_dir(endpoint) / name).unlink(missing_ok=True)
             return None
-        served = self.current(endpoint)
-        if (
-            served
-            and (served.get("model") == desired["model"])
-            and served.get("release_id") == desired["release_id"]
-        ):
+        want = ServedModelRef.from_document(restore_point)
+        served = self.serving(endpoint)
+        if want.same_as(served):
             return served
-        return self._apply(endpoint, desired)
+        return self._apply(endpoint, restore_point)
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Live state of every endpoint, for ``mlrelease status``."""
         result: dict[str, dict[str, Any]] = {}
         for endpoint in self.ports:
-            served = self.current(endpoint)
+            served = self.metadata(endpoint)
             health = self._get(endpoint, "/health", timeout=2.0)
             model = (served or {}).get("model") or {}
             result[endpoint] = {
