@@ -17,12 +17,26 @@ from mlrelease.backends.base import redact_uri
 from mlrelease.settings import load_settings
 
 
-def _summary(args: argparse.Namespace) -> int:
+def _backends(settings):
+    """Local backends directly; Azure ones with credentials from the Airflow connections, like a task."""
+    import contextlib
+
+    from mlrelease.airflow.connections import task_backends, uses_azure
     from mlrelease.backends import get_backends
+
+    if not uses_azure(settings):
+        return get_backends(settings)
+    # Reading the connections logs which workspace and storage it found: on stderr, so that stdout
+    # stays the command's answer (``status --json`` is parsed by scripts).
+    with contextlib.redirect_stdout(sys.stderr):
+        return task_backends(settings)
+
+
+def _summary(args: argparse.Namespace) -> int:
     from mlrelease.reporting import build_summary
 
     settings = load_settings()
-    backends = get_backends(settings)
+    backends = _backends(settings)
     experiment_id = backends.tracker.experiment_id(settings.experiment_name)
     key = f"{args.dag_id}/{args.dag_run_id}" if args.dag_run_id else None
     parent = backends.tracker.find_parent_run(experiment_id, key)
@@ -41,9 +55,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from mlrelease.backends import get_backends
-
-    backends = get_backends(load_settings())
+    backends = _backends(load_settings())
     endpoints = backends.endpoints.status()
     if args.json:
         print(json.dumps({"endpoints": endpoints}, indent=2, sort_keys=True))
@@ -64,9 +76,8 @@ def _audit(args: argparse.Namespace) -> int:
     import json
 
     from mlrelease import audit_trail
-    from mlrelease.backends import get_backends
 
-    backends = get_backends(load_settings())
+    backends = _backends(load_settings())
     try:
         if args.what == "prediction":
             story = audit_trail.prediction_story(backends, args.id)
@@ -90,10 +101,19 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _endpoints(args: argparse.Namespace) -> int:
-    from mlrelease.backends import get_backends
+def _endpoint_key(args: argparse.Namespace) -> int:
+    """Print an endpoint's key for a person who must call it; only endpoints that have keys."""
+    backends = _backends(load_settings())
+    key = getattr(backends.endpoints, "key", None)
+    if key is None:
+        print(f"the {args.endpoint} endpoint needs no key (local endpoints on loopback)", file=sys.stderr)
+        return 1
+    print(key(args.endpoint))
+    return 0
 
-    backends = get_backends(load_settings())
+
+def _endpoints(args: argparse.Namespace) -> int:
+    backends = _backends(load_settings())
     for name in backends.endpoints.status():
         stopped = backends.endpoints.stop(name)
         print(f"{name}: {'stopped' if stopped else 'was not running'}")
@@ -118,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     endpoints = commands.add_parser("endpoints", help="manage the local endpoints")
     endpoints.add_argument("action", choices=("stop",))
     endpoints.set_defaults(handler=_endpoints)
+    endpoint_key = commands.add_parser("endpoint-key", help="print an endpoint's key (Azure ML endpoints)")
+    endpoint_key.add_argument("endpoint", choices=("test", "prod"))
+    endpoint_key.set_defaults(handler=_endpoint_key)
     args = parser.parse_args(argv)
     return args.handler(args)
 

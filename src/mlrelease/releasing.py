@@ -151,6 +151,7 @@ def complete_deploy(
             "version": rollout.served.version,
             "deployment": rollout.deployment,
             "artifact_sha256": rollout.served.artifact_sha256,
+            "previous": rollout.replacing and rollout.replacing.brief(),
             "dag_id": release.run.dag_id,
             "run_id": release.run.run_id,
             "triggered_by": release.run.triggered_by,

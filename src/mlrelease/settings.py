@@ -25,9 +25,9 @@ BACKENDS = ("local", "azure")
 CONCERN_CHOICES: dict[str, tuple[str, ...]] = {
     "compute": ("local", "databricks"),
     "tracking": ("local", "databricks"),
-    "registry": ("local",),
-    "endpoints": ("local",),
-    "audit": ("local",),
+    "registry": ("local", "azureml"),
+    "endpoints": ("local", "aks"),
+    "audit": ("local", "azure"),
 }
 PROFILES: dict[str, dict[str, str]] = {
     "local": {concern: "local" for concern in CONCERN_CHOICES},
@@ -39,13 +39,11 @@ PROFILES: dict[str, dict[str, str]] = {
         "audit": "azure",
     },
 }
-NOT_BUILT_YET = {
-    "azureml": "the Azure ML registry is the next issue (Azure ML registry and AKS endpoints)",
-    "aks": "AKS endpoints are the next issue (Azure ML registry and AKS endpoints)",
-    "azure": "an Azure audit store is the next issue (Azure ML registry and AKS endpoints)",
-}
+NOT_BUILT_YET: dict[str, str] = {}
 SETTINGS_FILE = "settings.env"
 DEFAULT_DATABRICKS_CONN_ID = "databricks_default"
+DEFAULT_AZURE_CONN_ID = "azure_ml_default"
+DEFAULT_WASB_CONN_ID = "wasb_default"
 DEFAULT_MODEL_NAME = "income-classifier"
 DEFAULT_EXPERIMENT_NAME = "income-release"
 ENDPOINTS = ("test", "prod")
@@ -103,6 +101,46 @@ class DatabricksSettings:
 
 
 @dataclass(frozen=True)
+class AzureMLSettings:
+    """The Azure ML workspace's registry and its Kubernetes online endpoints; nothing secret.
+
+    Credentials and the workspace's coordinates (subscription, resource group, workspace) come from the
+    Airflow connection ``conn_id`` (the Microsoft Azure provider's ``azure`` type); the workspace's
+    Blob storage and the audit container from the ``wasb`` connection ``storage_conn_id``.
+    docs/azure.md explains each setting.
+    """
+
+    conn_id: str = DEFAULT_AZURE_CONN_ID
+    storage_conn_id: str = DEFAULT_WASB_CONN_ID
+    datastore: str = "workspaceblobstore"
+    path_prefix: str = "mlrelease"  # model files and code snapshots go under this datastore path
+    endpoint_names: dict[str, str] = field(
+        default_factory=lambda: {"test": "income-test", "prod": "income-prod"}
+    )
+    aks_compute: str = "aks-inference"  # the AKS cluster attached to the workspace as Kubernetes compute
+    instance_type: str = "defaultinstancetype"
+    instance_count: int = 1
+    cpu_request: str = "500m"
+    memory_request: str = "1Gi"
+    cpu_limit: str = "1"
+    memory_limit: str = "2Gi"
+    # Azure ML's minimal Python 3.11 inference image; pin a dated tag in production (Azure ML supports
+    # tags up to six months older than latest). The Python packages are pinned in the conda file.
+    base_image: str = "mcr.microsoft.com/azureml/minimal-py311-inference:latest"
+    audit_container: str = "mlrelease-audit"
+    # Where the scoring containers write the prediction log (their managed identity needs Storage Blob
+    # Data Contributor on it); default: the account of the storage connection.
+    audit_account_url: str | None = None
+    resource_manager_url: str | None = None  # only for an emulator (docs/azure.md); unset on Azure
+    ca_bundle: str | None = None  # the emulator's certificate; unset on Azure
+    polling_seconds: int = 15
+    provisioning_timeout_seconds: int = 1800
+
+    def endpoint_name(self, endpoint: str) -> str:
+        return self.endpoint_names[endpoint]
+
+
+@dataclass(frozen=True)
 class Settings:
     """Where local state lives and which backend runs each part of the work."""
 
@@ -114,6 +152,7 @@ class Settings:
     endpoints: str
     audit: str
     databricks: DatabricksSettings
+    azureml: AzureMLSettings
     jobs_dir: Path
     tracking_uri: str
     registry_uri: str
@@ -188,6 +227,17 @@ def _choose(env: dict[str, str] | os._Environ, backend: str) -> dict[str, str]:
                 + f" Set {variable} to one of {', '.join(choices)}."
             )
         chosen[concern] = value
+    if chosen["endpoints"] == "aks" and chosen["registry"] != "azureml":
+        raise ValueError(
+            "MLRELEASE_ENDPOINTS=aks needs MLRELEASE_REGISTRY=azureml: an Azure ML deployment serves a model "
+            "registered in the same workspace. Set MLRELEASE_REGISTRY=azureml."
+        )
+    if chosen["endpoints"] == "aks" and chosen["audit"] != "azure":
+        raise ValueError(
+            "MLRELEASE_ENDPOINTS=aks needs MLRELEASE_AUDIT=azure: the AKS scoring containers record every "
+            "prediction in the audit store, and they cannot reach this machine's SQLite file. Set "
+            "MLRELEASE_AUDIT=azure."
+        )
     if chosen["compute"] == "databricks" and chosen["tracking"] != "databricks":
         raise ValueError(
             "MLRELEASE_COMPUTE=databricks needs MLRELEASE_TRACKING=databricks: a Databricks cluster logs its "
@@ -279,6 +329,59 @@ def _databricks(env) -> DatabricksSettings:
     )
 
 
+_AZURE_NAME = "3 to 32 letters, digits and hyphens, starting with a letter"
+
+
+def _azure_name(variable: str, value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]", value):
+        raise ValueError(f"{variable}={value!r} is not a valid Azure ML endpoint name ({_AZURE_NAME})")
+    return value
+
+
+def _azureml(env) -> AzureMLSettings:
+    get = env.get
+    defaults = AzureMLSettings()
+    names = {
+        endpoint: _azure_name(
+            f"MLRELEASE_AZUREML_{endpoint.upper()}_ENDPOINT",
+            get(f"MLRELEASE_AZUREML_{endpoint.upper()}_ENDPOINT") or defaults.endpoint_names[endpoint],
+        )
+        for endpoint in ENDPOINTS
+    }
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"the test and prod endpoints need different Azure ML endpoint names, got {names}")
+    count = _int(env, "MLRELEASE_AZUREML_INSTANCE_COUNT", defaults.instance_count)
+    if count < 1:
+        raise ValueError(
+            "MLRELEASE_AZUREML_INSTANCE_COUNT must be at least 1 (an endpoint needs a serving pod)"
+        )
+    return AzureMLSettings(
+        conn_id=get("MLRELEASE_AZUREML_CONN_ID") or defaults.conn_id,
+        storage_conn_id=get("MLRELEASE_AZUREML_STORAGE_CONN_ID") or defaults.storage_conn_id,
+        datastore=get("MLRELEASE_AZUREML_DATASTORE") or defaults.datastore,
+        path_prefix=(get("MLRELEASE_AZUREML_PATH_PREFIX") or defaults.path_prefix).strip("/"),
+        endpoint_names=names,
+        aks_compute=get("MLRELEASE_AZUREML_AKS_COMPUTE") or defaults.aks_compute,
+        instance_type=get("MLRELEASE_AZUREML_INSTANCE_TYPE") or defaults.instance_type,
+        instance_count=count,
+        cpu_request=get("MLRELEASE_AZUREML_CPU_REQUEST") or defaults.cpu_request,
+        memory_request=get("MLRELEASE_AZUREML_MEMORY_REQUEST") or defaults.memory_request,
+        cpu_limit=get("MLRELEASE_AZUREML_CPU_LIMIT") or defaults.cpu_limit,
+        memory_limit=get("MLRELEASE_AZUREML_MEMORY_LIMIT") or defaults.memory_limit,
+        base_image=get("MLRELEASE_AZUREML_BASE_IMAGE") or defaults.base_image,
+        audit_container=get("MLRELEASE_AUDIT_CONTAINER") or defaults.audit_container,
+        audit_account_url=get("MLRELEASE_AUDIT_ACCOUNT_URL") or None,
+        resource_manager_url=get("MLRELEASE_AZUREML_RESOURCE_MANAGER_URL") or None,
+        ca_bundle=get("MLRELEASE_AZUREML_CA_BUNDLE") or None,
+        polling_seconds=_int(env, "MLRELEASE_AZUREML_POLLING_SECONDS", defaults.polling_seconds),
+        provisioning_timeout_seconds=_int(
+            env, "MLRELEASE_AZUREML_PROVISIONING_TIMEOUT_SECONDS", defaults.provisioning_timeout_seconds
+        ),
+    )
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Build :class:`Settings` from the environment and the home's settings file.
 
@@ -317,6 +420,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         backend=backend,
         **chosen,
         databricks=databricks,
+        azureml=_azureml(env),
         jobs_dir=Path(env.get("MLRELEASE_JOBS_DIR") or _default_jobs_dir()).expanduser().resolve(),
         tracking_uri=tracking_uri,
         registry_uri=local_store,

@@ -32,9 +32,31 @@ def test_databricks_compute_needs_databricks_tracking(tmp_path):
         load_settings({"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_COMPUTE": "databricks"})
 
 
-def test_azure_profile_names_what_is_not_built_and_the_override(tmp_path):
-    with pytest.raises(ValueError, match=r"MLRELEASE_REGISTRY='azureml' \(from MLRELEASE_BACKEND=azure\)"):
-        load_settings({"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_BACKEND": "azure"})
+def test_azure_profile_picks_every_cloud_backend_and_a_concern_can_be_overridden(tmp_path):
+    settings = load_settings({"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_BACKEND": "azure"})
+    assert (settings.compute, settings.tracking, settings.registry, settings.endpoints, settings.audit) == (
+        "databricks",
+        "databricks",
+        "azureml",
+        "aks",
+        "azure",
+    )
+    assert (
+        settings.azureml.endpoint_name("prod") == "income-prod"
+        and settings.azureml.conn_id == "azure_ml_default"
+    )
+    with pytest.raises(ValueError, match=r"MLRELEASE_ENDPOINTS=aks needs MLRELEASE_REGISTRY=azureml"):
+        load_settings(
+            {"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_BACKEND": "azure", "MLRELEASE_REGISTRY": "local"}
+        )
+    with pytest.raises(ValueError, match=r"MLRELEASE_ENDPOINTS=aks needs MLRELEASE_AUDIT=azure"):
+        load_settings(
+            {"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_BACKEND": "azure", "MLRELEASE_AUDIT": "local"}
+        )
+    with pytest.raises(
+        ValueError, match=r"MLRELEASE_REGISTRY='mlflow' \(from the environment\)|is not a known choice"
+    ):
+        load_settings({"MLRELEASE_HOME": str(tmp_path), "MLRELEASE_REGISTRY": "mlflow"})
     settings = load_settings(
         {
             "MLRELEASE_HOME": str(tmp_path),
@@ -73,6 +95,8 @@ def test_bad_settings_file_line_names_file_and_line(tmp_path):
         ("MLRELEASE_DATABRICKS_EXPERIMENT", "income", "absolute"),
         ("MLRELEASE_DATABRICKS_JOB_SOURCE", "workspace", "MLRELEASE_DATABRICKS_JOB_FILE=/Workspace/"),
         ("MLRELEASE_DATABRICKS_NUM_WORKERS", "two", "whole number"),
+        ("MLRELEASE_AZUREML_PROD_ENDPOINT", "9prod", "not a valid Azure ML endpoint name"),
+        ("MLRELEASE_AZUREML_INSTANCE_COUNT", "0", "at least 1"),
     ],
 )
 def test_bad_databricks_settings_name_the_variable_and_the_fix(tmp_path, variable, value, message):

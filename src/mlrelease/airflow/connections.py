@@ -1,9 +1,15 @@
-"""Credentials from Airflow connections into the process environment of the task that needs them.
+"""Credentials from Airflow connections, for the backends of the task (or ``mlrelease`` command) that needs them.
 
 Secrets live only in Airflow connections. A task that talks to the Databricks workspace (the MLflow
 client, the Databricks SDK's Files API) gets the workspace URL and a token from the connection named
 in the settings, through the provider's hook, which knows every auth mode (PAT, Azure service
 principal, managed identity, OAuth). Airflow masks the connection's password in task logs.
+
+The Azure backends get credential *objects* instead: the Microsoft Azure provider's ``AzureBaseHook``
+turns the ``azure`` connection into an azure-identity credential (a service principal, or managed /
+workload identity through DefaultAzureCredential), and its ``WasbHook`` the ``wasb`` connection into a
+Blob client. The workspace's coordinates (subscription, resource group, workspace) are extras of the
+``azure`` connection: ``subscriptionId``, ``resource_group``, ``workspace_name``.
 """
 
 from __future__ import annotations
@@ -48,9 +54,54 @@ def export_backend_credentials(settings: Settings) -> None:
     )
 
 
+AZURE_CONCERNS = {"registry": "azureml", "endpoints": "aks", "audit": "azure"}
+
+
+def uses_azure(settings: Settings) -> bool:
+    return any(getattr(settings, concern) == choice for concern, choice in AZURE_CONCERNS.items())
+
+
+def azure_access(settings: Settings):
+    """An ``AzureAccess`` from the ``azure`` and ``wasb`` connections the settings name."""
+    from airflow.providers.microsoft.azure.hooks.base_azure import AzureBaseHook
+    from airflow.providers.microsoft.azure.hooks.wasb import WasbHook
+
+    from mlrelease.backends.azure.workspace import AzureAccess, WorkspaceCoordinates
+
+    conn_id, storage_conn_id = settings.azureml.conn_id, settings.azureml.storage_conn_id
+    hook = AzureBaseHook(conn_id=conn_id)
+    conn = hook.get_connection(conn_id)
+    extra = conn.extra_dejson
+    missing = [key for key in ("subscriptionId", "resource_group", "workspace_name") if not extra.get(key)]
+    if missing:
+        raise ValueError(
+            f"Airflow connection {conn_id!r} lacks the extras {missing}: set subscriptionId, resource_group and "
+            "workspace_name to the Azure ML workspace's coordinates (docs/azure.md)"
+        )
+    storage = WasbHook(wasb_conn_id=storage_conn_id)
+    connection_string = storage.get_connection(storage_conn_id).extra_dejson.get("connection_string")
+    coordinates = WorkspaceCoordinates(
+        extra["subscriptionId"], extra["resource_group"], extra["workspace_name"]
+    )
+    log.info(
+        "Azure ML workspace %s (resource group %s, subscription %s) through connection %s; storage through %s",
+        coordinates.workspace_name,
+        coordinates.resource_group,
+        coordinates.subscription_id,
+        conn_id,
+        storage_conn_id,
+    )
+    return AzureAccess(
+        coordinates=coordinates,
+        credential=hook.get_credential(conn=conn),
+        blob_service=storage.get_conn,
+        blob_connection_string=connection_string or None,
+    )
+
+
 def task_backends(settings: Settings):
-    """The backends a task uses, with the credentials they need already in its environment."""
+    """The backends a task uses, with the credentials they need from the Airflow connections."""
     from mlrelease.backends import get_backends
 
     export_backend_credentials(settings)
-    return get_backends(settings)
+    return get_backends(settings, azure_access(settings) if uses_azure(settings) else None)

@@ -88,21 +88,77 @@ def _local_endpoints(settings: Settings, built: dict[str, Any]) -> EndpointBacke
     )
 
 
+def _access(built: dict[str, Any]):
+    access = built.get("azure_access")
+    if access is None:
+        raise RuntimeError(
+            "the Azure backends need credentials from the Airflow connections (docs/azure.md); build the "
+            "backends with mlrelease.airflow.connections.task_backends(settings), as the DAG's tasks and "
+            "the mlrelease command do"
+        )
+    return access
+
+
+def _azure_workspace(settings: Settings, built: dict[str, Any]):
+    if "azure_workspace" not in built:
+        from mlrelease.backends.azure.workspace import AzureWorkspace
+
+        access = _access(built)
+        built["azure_workspace"] = AzureWorkspace(
+            access.coordinates,
+            access.credential,
+            access.blob_service,
+            datastore=settings.azureml.datastore,
+            path_prefix=settings.azureml.path_prefix,
+            resource_manager_url=settings.azureml.resource_manager_url,
+            ca_bundle=settings.azureml.ca_bundle,
+            transport=access.transport,
+        )
+    return built["azure_workspace"]
+
+
+def _azureml_registry(settings: Settings, built: dict[str, Any]) -> ModelRegistry:
+    """Azure ML models, registered by datastore URI; "prod" is kept in the audit store."""
+    from mlrelease.backends.azure.azureml_registry import AzureMLRegistry
+
+    return AzureMLRegistry(
+        _azure_workspace(settings, built), built["tracking"].download_artifact, built["audit"]
+    )
+
+
+def _aks_endpoints(settings: Settings, built: dict[str, Any]) -> EndpointBackend:
+    """Kubernetes online endpoints of the Azure ML workspace (blue/green deployments)."""
+    from mlrelease.backends.azure.aks import AksEndpoints
+
+    scoring_env = _access(built).scoring_env(
+        settings.azureml.audit_container, settings.azureml.audit_account_url
+    )
+    return AksEndpoints(_azure_workspace(settings, built), settings.azureml, scoring_env)
+
+
+def _blob_audit(settings: Settings, built: dict[str, Any]) -> AuditLog:
+    """Append-only records in Azure Blob Storage (append blobs and create-only blobs)."""
+    from mlrelease.backends.azure.blob_audit import BlobAuditLog
+
+    return BlobAuditLog.from_service_client(_access(built).blob_service(), settings.azureml.audit_container)
+
+
 # concern -> choice -> builder(settings, the concerns built before it). Built in this order, so a
 # builder may use an earlier concern (endpoints fetch artifacts through the tracker).
 # settings.CONCERN_CHOICES lists the same choices (and refuses others).
 SWITCH: dict[str, dict[str, Callable[[Settings, dict[str, Any]], Any]]] = {
     "compute": {"local": _local_compute, "databricks": _databricks_compute},
     "tracking": {"local": _local_tracker, "databricks": _databricks_tracker},
-    "audit": {"local": _local_audit},
-    "registry": {"local": _mlflow_registry},
-    "endpoints": {"local": _local_endpoints},
+    "audit": {"local": _local_audit, "azure": _blob_audit},
+    "registry": {"local": _mlflow_registry, "azureml": _azureml_registry},
+    "endpoints": {"local": _local_endpoints, "aks": _aks_endpoints},
 }
 
 
-def get_backends(settings: Settings) -> Backends:
+def get_backends(settings: Settings, azure_access: Any = None) -> Backends:
+    """The backends ``settings`` choose; ``azure_access`` (an ``AzureAccess``) when any of them is Azure."""
     settings.ensure_dirs()
-    built: dict[str, Any] = {}
+    built: dict[str, Any] = {"azure_access": azure_access}
     for concern, choices in SWITCH.items():
         built[concern] = choices[getattr(settings, concern)](settings, built)
     return Backends(

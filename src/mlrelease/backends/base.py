@@ -254,6 +254,7 @@ class Rollout:
     served: ServedModelRef
     deployment: str | None = None
     live: bool = False
+    replacing: ServedModelRef | None = None  # what served the endpoint when the deployment began
 
 
 @dataclass(frozen=True)

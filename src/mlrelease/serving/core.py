@@ -30,10 +30,6 @@ class ModelLoadError(RuntimeError):
     """An artifact could not be made to serve (missing, wrong checksum, unreadable, failed self-test)."""
 
 
-# The served-model reference is the domain's; the old name stays importable for the score script.
-ModelRef = ServedModelRef
-
-
 @dataclass(frozen=True)
 class Outcome:
     """The answer to one scoring request, plus what the prediction log needs to record about it."""

@@ -279,10 +279,11 @@ class LocalEndpoints:
         self.ensure_running(endpoint)
         desired = self._desired_document(spec)
         want = ServedModelRef.from_document(desired)
-        if want.same_as(ServedModelRef.from_document(self.metadata(endpoint))):
+        before = ServedModelRef.from_document(self.metadata(endpoint))
+        if want.same_as(before):
             log.info("Endpoint %s already serves %s: nothing to deploy", endpoint, want.describe())
             return Rollout(endpoint, want, live=True)
-        return Rollout(endpoint, self._apply(endpoint, desired), live=True)
+        return Rollout(endpoint, self._apply(endpoint, desired), live=True, replacing=before)
 
     def start_deploy(self, endpoint: str, spec: DeploymentSpec) -> Rollout:
         return self.deploy(endpoint, spec)  # loading takes seconds: nothing worth deferring for
