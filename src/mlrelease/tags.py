@@ -51,6 +51,9 @@ TAG_SPARK_MASTER = "spark.master"
 TAG_CANDIDATE = "mlrelease.candidate"
 TAG_ALGORITHM = "mlrelease.algorithm"
 TAG_MODEL_URI = "mlrelease.model_uri"
+# On a registry that is not MLflow (Azure ML): the MLflow URI of the version's Spark model, which the
+# training job loads to score the champion.
+TAG_SOURCE_MODEL_URI = "mlrelease.source_model_uri"
 TAG_PORTABLE_MODEL_URI = "mlrelease.portable_model_uri"
 TAG_HOLDOUT_PREDICTIONS_URI = "mlrelease.holdout_predictions_uri"
 

@@ -217,3 +217,24 @@ def a_served(release):
     from mlrelease.domain.served import ServedModelRef
 
     return ServedModelRef(release.model_name, release.version, release.release_id)
+
+
+def test_the_next_run_compares_with_prod_from_the_audit_store_and_releases_version_2(cloud, first_release):
+    """Last: it moves prod to version 2, which the releases of version 1 above must not race with."""
+    from mlrelease.domain.release import ALIAS_MOVED
+
+    result = run(cloud, str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", json.dumps(SMALL))
+    log = result.stdout + result.stderr
+    assert "state=success" in log.split("DagRun Finished")[-1], log[-5000:]
+    # The champion came from the audit store (Azure ML has no aliases) and the job scored it.
+    assert (
+        "Champion: income-classifier version 1 (alias prod, runs:/" in log
+        or "Champion: income-classifier version 1 (alias prod, models:/" in log
+    ), log[-3000:]
+    backends, _ = backends_and_settings()
+    moves = backends.audit.events(kind=ALIAS_MOVED, subject=f"{MODEL}:prod")
+    assert moves[-1].payload["version"] == "2"
+    assert backends.registry.get_by_alias(MODEL, "prod").version == "2"
+    prod = deployments(cloud, "income-prod")
+    assert len(prod["deployments"]) == 1 and list(prod["traffic"].values()) == [100]
+    assert backends.endpoints.serving("prod").version == "2"

@@ -83,14 +83,15 @@ def test_register_uploads_once_registers_by_uri_and_is_idempotent_per_run(worksp
 
     first = registry.register("income-classifier", "runs:/run-a/model", "run-a", lineage("run-a"))
     assert (first.version, first.run_id) == ("1", "run-a")
-    assert first.source.startswith("azureml://")  # the service expands it to the long form
-    assert "/datastores/workspaceblobstore/paths/mlrelease/models/" in first.source
-    assert first.tags["mlrelease.compute.run_id"] == "7"
+    assert first.source == "runs:/run-a/model"  # what the training job loads to score the champion
     model = ws.ml.models.get("income-classifier", "1")
+    assert str(model.path).startswith("azureml://")  # the service expands it to the long form
+    assert "/datastores/workspaceblobstore/paths/mlrelease/models/" in str(model.path)
+    assert first.tags["mlrelease.compute.run_id"] == "7"
     assert model.properties[TAG_LINEAGE_CHILD_RUN_ID] == "run-a"  # immutable copy of the lineage
 
     # The bytes in workspace storage are the run's document, under their own digest.
-    blob_path = first.source.split("/paths/", 1)[1].rstrip("/") + "/" + Path(PORTABLE_MODEL_ARTIFACT).name
+    blob_path = str(model.path).split("/paths/", 1)[1].rstrip("/") + "/" + Path(PORTABLE_MODEL_ARTIFACT).name
     container = ws._container
     assert container.download_blob(blob_path).readall() == documents["run-a"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from mlrelease.backends.azure.workspace import AzureWorkspace
 from mlrelease.backends.base import AuditLog, ModelVersionRef
 from mlrelease.domain.release import ALIAS_MOVED
-from mlrelease.tags import PORTABLE_MODEL_ARTIFACT, TAG_LINEAGE_CHILD_RUN_ID
+from mlrelease.tags import PORTABLE_MODEL_ARTIFACT, TAG_LINEAGE_CHILD_RUN_ID, TAG_SOURCE_MODEL_URI
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,14 @@ class AzureMLRegistry:
 
     @staticmethod
     def _ref(model: Any) -> ModelVersionRef:
+        """``source`` is the MLflow URI of the Spark model (what the training job loads to score the
+        champion); the registered asset itself is the portable document at ``model.path``."""
         tags = dict(model.tags or {})
         return ModelVersionRef(
             name=model.name,
             version=str(model.version),
             run_id=tags.get(TAG_LINEAGE_CHILD_RUN_ID),
-            source=str(model.path or model.id),
+            source=tags.get(TAG_SOURCE_MODEL_URI) or str(model.path or model.id),
             tags=tags,
         )
 
@@ -86,7 +88,7 @@ class AzureMLRegistry:
             if local.is_dir():
                 local = local / Path(PORTABLE_MODEL_ARTIFACT).name
             path = self.workspace.put_once(MODEL_KIND, local.parent)
-        values = _text_values(tags)
+        values = _text_values({**tags, TAG_SOURCE_MODEL_URI: model_uri})
         for _ in range(MAX_VERSION_RACES):
             if existing := self.find_version_for_run(name, run_id):
                 return existing
