@@ -70,7 +70,9 @@ from mlrelease.serving.core import (
     error_outcome,
     load_model,
     model_ref,
+    refuse_headers,
     score_raw,
+    too_large,
 )
 from mlrelease.serving.portable import PortableModel
 
@@ -302,66 +304,20 @@ class ModelHolder:
         return served.ref.same_as(ServedModelRef.from_document(desired))
 
 
-def _is_json_media_type(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
-
-
 async def _read_body(request: Request, request_id: str) -> bytes | Outcome:
     """The body, or the 400/413/415 Outcome refusing it. Never reads more than MAX_BODY_BYTES + one chunk."""
-    content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json_media_type(content_type):
-        return error_outcome(
-            415,
-            request_id,
-            INVALID_REQUEST,
-            [
-                {
-                    "field": "Content-Type",
-                    "error": f"must be application/json, got {content_type[:100]!r}; "
-                    "send the header 'Content-Type: application/json' (curl: -H, or use --json)",
-                }
-            ],
-        )
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            return error_outcome(
-                400,
-                request_id,
-                INVALID_REQUEST,
-                [{"field": "Content-Length", "error": f"is not a number: {declared[:40]!r}"}],
-            )
-        if declared_bytes > MAX_BODY_BYTES:
-            return _too_large(request_id, f"Content-Length {declared_bytes}")
+    if refused := refuse_headers(
+        request.headers.get("content-type"), request.headers.get("content-length"), request_id
+    ):
+        return refused
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            return _too_large(request_id, f"more than {MAX_BODY_BYTES} bytes")
+            return too_large(request_id, f"more than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _too_large(request_id: str, what: str) -> Outcome:
-    return error_outcome(
-        413,
-        request_id,
-        INVALID_REQUEST,
-        [
-            {
-                "field": "body",
-                "error": f"too large: {what} exceeds the limit of {MAX_BODY_BYTES} bytes "
-                f"(at most {MAX_RECORDS} records per request); split the batch. "
-                "The body is not kept: the prediction log records this request without its inputs.",
-            }
-        ],
-    )
 
 
 def create_app(endpoint: str, state_dir: Path, prediction_log: PredictionLog) -> FastAPI:

@@ -48,7 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from mlrelease.domain.payload import MAX_BODY_BYTES, MAX_RECORDS
+from mlrelease.domain.payload import MAX_BODY_BYTES
 from mlrelease.domain.records import PredictionRecord
 from mlrelease.domain.served import ServedModelRef
 from mlrelease.serving.core import (
@@ -57,7 +57,9 @@ from mlrelease.serving.core import (
     error_body,
     error_outcome,
     load_model,
+    refuse_headers,
     score_raw,
+    too_large,
 )
 from mlrelease.serving.portable import PortableModel
 from mlrelease.tags import PORTABLE_MODEL_FILE
@@ -317,7 +319,7 @@ def _run_plain(raw: str | bytes) -> dict[str, Any]:
     if serving is None:
         raise ScoringUnavailableError(503, _not_initialized(request_id))
     size = len(raw) if isinstance(raw, bytes) else len(raw.encode("utf-8", "replace"))
-    outcome = _too_large(request_id, f"{size} bytes") if size > MAX_BODY_BYTES else raw
+    outcome = too_large(request_id, f"{size} bytes") if size > MAX_BODY_BYTES else raw
     answer = _score_and_record(serving, outcome, request_id, received_at, started)
     if answer.status >= 500:
         raise ScoringUnavailableError(answer.status, answer.body)
@@ -396,49 +398,19 @@ def _disconnect_errors() -> tuple[type[BaseException], ...]:
     return (ClientDisconnected, ConnectionError)
 
 
-def _is_json_media_type(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (
-        media_type.startswith("application/") and media_type.endswith("+json")
-    )
-
-
 def _read_body(request: Any, request_id: str) -> bytes | Outcome:
     """The body, or the 400/413/415/499 Outcome refusing it; never reads more than MAX_BODY_BYTES + a chunk."""
-    content_type = request.headers.get("Content-Type")
-    if content_type is not None and not _is_json_media_type(content_type):
-        return error_outcome(
-            415,
-            request_id,
-            INVALID_REQUEST,
-            [
-                {
-                    "field": "Content-Type",
-                    "error": f"must be application/json, got {content_type[:100]!r}; "
-                    "send the header 'Content-Type: application/json' (curl: -H, or use --json)",
-                }
-            ],
-        )
-    declared = request.headers.get("Content-Length")
-    if declared is not None:
-        try:
-            declared_bytes = int(declared)
-        except ValueError:
-            return error_outcome(
-                400,
-                request_id,
-                INVALID_REQUEST,
-                [{"field": "Content-Length", "error": f"is not a number: {declared[:40]!r}"}],
-            )
-        if declared_bytes > MAX_BODY_BYTES:
-            return _too_large(request_id, f"Content-Length {declared_bytes}")
+    if refused := refuse_headers(
+        request.headers.get("Content-Type"), request.headers.get("Content-Length"), request_id
+    ):
+        return refused
     chunks: list[bytes] = []
     size = 0
     try:
         while chunk := request.stream.read(_READ_CHUNK):
             size += len(chunk)
             if size > MAX_BODY_BYTES:
-                return _too_large(request_id, f"more than {MAX_BODY_BYTES} bytes")
+                return too_large(request_id, f"more than {MAX_BODY_BYTES} bytes")
             chunks.append(chunk)
     except _disconnect_errors():
         return error_outcome(
@@ -448,22 +420,6 @@ def _read_body(request: Any, request_id: str) -> bytes | Outcome:
             [{"field": "body", "error": "the client disconnected before sending the whole body"}],
         )
     return b"".join(chunks)
-
-
-def _too_large(request_id: str, what: str) -> Outcome:
-    return error_outcome(
-        413,
-        request_id,
-        INVALID_REQUEST,
-        [
-            {
-                "field": "body",
-                "error": f"too large: {what} exceeds the limit of {MAX_BODY_BYTES} bytes "
-                f"(at most {MAX_RECORDS} records per request); split the batch. "
-                "The body is not kept: the prediction log records this request without its inputs.",
-            }
-        ],
-    )
 
 
 def _not_initialized(request_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlrelease.domain.payload import EXAMPLE_RECORD, FieldError, validate_payload
+from mlrelease.domain.payload import EXAMPLE_RECORD, MAX_BODY_BYTES, MAX_RECORDS, FieldError, validate_payload
 from mlrelease.domain.served import ServedModelRef
 from mlrelease.hashing import sha256_file
 from mlrelease.serving.portable import PortableModel
@@ -60,6 +60,63 @@ def error_outcome(
     status: int, request_id: str, error: str, details: list[dict[str, str]], inputs: Any = None
 ) -> Outcome:
     return Outcome(status, error_body(request_id, error, details), inputs=inputs)
+
+
+def is_json_media_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def too_large(request_id: str, what: str) -> Outcome:
+    """The 413 both front ends answer for a body over the limit."""
+    return error_outcome(
+        413,
+        request_id,
+        INVALID_REQUEST,
+        [
+            {
+                "field": "body",
+                "error": f"too large: {what} exceeds the limit of {MAX_BODY_BYTES} bytes "
+                f"(at most {MAX_RECORDS} records per request); split the batch. "
+                "The body is not kept: the prediction log records this request without its inputs.",
+            }
+        ],
+    )
+
+
+def refuse_headers(content_type: str | None, content_length: str | None, request_id: str) -> Outcome | None:
+    """The 415/400/413 for a request whose headers already say it cannot be scored, else None.
+
+    Checked before the body is read, so an oversized or non-JSON body is never read into memory.
+    """
+    if content_type is not None and not is_json_media_type(content_type):
+        return error_outcome(
+            415,
+            request_id,
+            INVALID_REQUEST,
+            [
+                {
+                    "field": "Content-Type",
+                    "error": f"must be application/json, got {content_type[:100]!r}; "
+                    "send the header 'Content-Type: application/json' (curl: -H, or use --json)",
+                }
+            ],
+        )
+    if content_length is not None:
+        try:
+            declared_bytes = int(content_length)
+        except ValueError:
+            return error_outcome(
+                400,
+                request_id,
+                INVALID_REQUEST,
+                [{"field": "Content-Length", "error": f"is not a number: {content_length[:40]!r}"}],
+            )
+        if declared_bytes > MAX_BODY_BYTES:
+            return too_large(request_id, f"Content-Length {declared_bytes}")
+    return None
 
 
 class BodyDecodeError(ValueError):
