@@ -27,12 +27,21 @@ log = logging.getLogger(__name__)
 
 
 def _rollout_to_event(rollout: Rollout) -> dict[str, Any]:
-    return {"endpoint": rollout.endpoint, "deployment": rollout.deployment, "served": rollout.served.brief()}
+    return {
+        "endpoint": rollout.endpoint,
+        "deployment": rollout.deployment,
+        "served": rollout.served.brief(),
+        "replacing": rollout.replacing and rollout.replacing.brief(),
+    }
 
 
 def _rollout_from_event(data: dict[str, Any]) -> Rollout:
     return Rollout(
-        data["endpoint"], ServedModelRef.from_brief(data["served"]), data["deployment"], live=False
+        data["endpoint"],
+        ServedModelRef.from_brief(data["served"]),
+        data["deployment"],
+        live=False,
+        replacing=ServedModelRef.from_brief(data.get("replacing")),
     )
 
 
