@@ -91,9 +91,18 @@ def azure_access(settings: Settings):
         conn_id,
         storage_conn_id,
     )
+    if not extra.get("use_azure_identity_object"):
+        # Without it the hook builds msrestazure's legacy credentials (which azure-ai-ml cannot use, and
+        # which fetch a token as soon as they are made).
+        raise ValueError(
+            f'Airflow connection {conn_id!r} lacks the extra "use_azure_identity_object": true; set it, so '
+            "the hook gives an azure-identity credential (service principal or DefaultAzureCredential) that "
+            "azure-ai-ml can use (docs/azure.md)"
+        )
+    credential = hook.get_credential(conn=conn)
     return AzureAccess(
         coordinates=coordinates,
-        credential=hook.get_credential(conn=conn),
+        credential=credential,
         blob_service=storage.get_conn,
         blob_connection_string=connection_string or None,
     )
