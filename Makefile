@@ -15,8 +15,8 @@ export SPARK_LOCAL_IP := 127.0.0.1
 
 help:
 	@echo "make demo     set up and run the whole release once (train, gate, register, test + prod endpoints)"
-	@echo "make demo-cloud  the same release with training on an emulated Databricks workspace (.mlrelease-cloud/)"
-	@echo "make stop     stop the endpoints that make demo and make demo-cloud left running (and any emulator)"
+	@echo "make demo-cloud  the same release on emulators: Databricks training, Azure ML registry, AKS endpoints, Blob audit (.mlrelease-cloud/)"
+	@echo "make stop     stop make demo's endpoints and make demo-cloud's emulated cloud (with its endpoints)"
 	@echo "make wheel    build dist/mlrelease-<version>-py3-none-any.whl (what a Databricks cluster installs)"
 	@echo "make status   what the endpoints serve (mlrelease status)"
 	@echo "make test     set up and run the tests"
@@ -53,9 +53,13 @@ CLOUD_HOME := $(CURDIR)/.mlrelease-cloud
 stop:
 	@if [ -x $(BIN)/mlrelease ]; then \
 	  $(BIN)/mlrelease endpoints stop; \
-	  if [ -d $(CLOUD_HOME) ]; then \
-	    echo "$(CLOUD_HOME):"; MLRELEASE_HOME=$(CLOUD_HOME) $(BIN)/mlrelease endpoints stop; \
-	    $(BIN)/python -m emulators.databricks stop --home $(CLOUD_HOME) || true; \
+	  cloud_home="$${MLRELEASE_CLOUD_HOME:-$(CLOUD_HOME)}"; \
+	  if [ -d "$$cloud_home" ]; then \
+	    echo "$$cloud_home:"; \
+	    if grep -qx 'MLRELEASE_ENDPOINTS=aks' "$$cloud_home/settings.env" 2>/dev/null; then \
+	      echo "AKS endpoints: served by the Azure ML emulator, which stops below"; \
+	    else MLRELEASE_HOME="$$cloud_home" $(BIN)/mlrelease endpoints stop; fi; \
+	    $(BIN)/python -m emulators.cloud stop "$$cloud_home"; \
 	  fi; \
 	else echo "no venv: nothing was started"; fi
 

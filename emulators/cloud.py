@@ -110,8 +110,15 @@ def start_cloud(
             cloud.databricks_token = _token(home)
             cloud.databricks = start_databricks(home, token=cloud.databricks_token)
         if azure:
+            from emulators.azureml import running as azureml_running
             from emulators.azureml import start as start_azureml
+            from emulators.azureml import stop as stop_azureml
+            from emulators.azurite import running as azurite_running
             from emulators.azurite import start as start_azurite
+
+            if azurite_running(home) is None and azureml_running(home) is not None:
+                # A restarted Azurite gets a new port, which the running fake's datastore would not know.
+                stop_azureml(home)
 
             cloud.azurite = start_azurite(home)
             cloud.azureml = start_azureml(
@@ -126,11 +133,35 @@ def start_cloud(
     return cloud
 
 
-def stop_cloud(home: Path) -> None:
-    """Stop whatever emulators run for ``home`` (each stop is a no-op when it is not running)."""
-    from emulators.azureml import stop as stop_azureml
-    from emulators.azurite import stop as stop_azurite
-    from emulators.databricks import stop as stop_databricks
+def stop_cloud(home: Path) -> list[str]:
+    """Stop whatever emulators run for ``home``; the names of those that were running."""
+    from emulators import azureml, azurite, databricks
 
-    for stop in (stop_azureml, stop_azurite, stop_databricks):
-        stop(Path(home).resolve())
+    home = Path(home).resolve()
+    stopped = []
+    for name, emulator in (
+        ("Azure ML and its endpoints", azureml),
+        ("Azurite", azurite),
+        ("Databricks", databricks),
+    ):
+        if emulator.running(home) is not None:
+            stopped.append(name)
+        emulator.stop(home)
+    return stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m emulators.cloud stop HOME`` (``make stop``)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "stop":
+        print("usage: python -m emulators.cloud stop HOME", file=sys.stderr)
+        return 2
+    stopped = stop_cloud(Path(args[1]))
+    print("emulated cloud: " + (", ".join(stopped) + " stopped" if stopped else "not running"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

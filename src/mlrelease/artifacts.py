@@ -19,14 +19,16 @@ class ArtifactUnavailable(RuntimeError):
 def fetch_run_artifact(
     tracker: ExperimentTracker, models_dir: Path, ref: ModelVersionRef, artifact: str
 ) -> Path:
-    target = models_dir / ref.name / ref.version
-    local = target / artifact
-    if local.is_file():
-        return local
     if not ref.run_id:
         raise ArtifactUnavailable(
             f"{ref.name} version {ref.version} has no source run id to fetch {artifact!r} from"
         )
+    # Keyed by the training run too: a version number names another model in another registry (a
+    # fresh Azure ML workspace numbers from 1 again), and a stale copy must never be served for it.
+    target = models_dir / ref.name / ref.version / ref.run_id
+    local = target / artifact
+    if local.is_file():
+        return local
     try:
         tracker.download_artifact(ref.run_id, artifact, target / artifact.rsplit("/", 1)[0])
     except Exception as error:
