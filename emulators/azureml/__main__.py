@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from emulators._cli import command_line, log_to_stderr, run_stop
 from emulators.azureml.control import start, stop
 from emulators.azureml.service import (
     DEFAULT_AKS_COMPUTE,
@@ -39,14 +40,8 @@ def _retry_after(value: str) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.azureml", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("start", "stop", "serve"):
-        sub = commands.add_parser(name)
-        sub.add_argument("--home", type=Path, required=True, help="state goes to HOME/emulators/azureml")
-        if name == "stop":
-            continue
-        sub.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
+    parser, commands = command_line("azureml", __doc__)
+    for sub in (commands["start"], commands["serve"]):
         sub.add_argument("--blob-connection-string", default=None, help="Blob endpoint of workspaceblobstore")
         sub.add_argument("--blob-connection-string-file", default=None, help="file holding it (preferred)")
         sub.add_argument(
@@ -68,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "stop":
-        print("stopped" if stop(args.home) else "not running")
-        return 0
+        return run_stop(stop, args.home)
     computes = tuple(args.aks_compute or [DEFAULT_AKS_COMPUTE])
     if args.command == "start":
         emulator = start(
@@ -90,13 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CA bundle: {emulator.ca_bundle}")
         return 0
 
-    from emulators.azureml.runtime import free_port, load_launcher
+    from emulators._process import free_port
+    from emulators.azureml.runtime import load_launcher
     from emulators.azureml.server import serve
     from emulators.azureml.service import WorkspaceConfig
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_to_stderr()
     logging.getLogger("azure").setLevel(logging.WARNING)  # the Blob client logs every request at INFO
     config = WorkspaceConfig(
         subscription_id=args.subscription_id,

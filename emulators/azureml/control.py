@@ -10,21 +10,18 @@ scoring processes a crashed emulator left behind (``processes.json``).
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import signal
 import ssl
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emulators.azureml.requestlog import RequestLog
-from emulators.azureml.runtime import free_port, kill_pid
+from emulators._process import DetachedServer, EmulatorHandle, alive, free_port, write_secret
+from emulators._state import read_json
+from emulators.azureml.runtime import kill_pid
 from emulators.azureml.sdk import cloud_metadata, cloud_name
 from emulators.azureml.server import state_dir_for
 from emulators.azureml.service import (
@@ -38,17 +35,52 @@ from emulators.azureml.service import (
     AzureMLService,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 
-# Popen objects of emulators this process started, so that stop() reaps them (no zombie, no warning).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+
+def _control(
+    url: str, ca_bundle: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10
+) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    context = ssl.create_default_context(cafile=ca_bundle)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"Emulator control {method} {path} failed: {e.code} {e.read().decode()}") from e
+
+
+def _health(state: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        return _control(state["url"], state["ca_bundle"], "GET", "/emulator/health", timeout=3)
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _kill_leftovers(state: dict[str, Any]) -> None:
+    """Scoring processes run in sessions of their own, out of reach of a kill of the emulator's group:
+    those of an emulator that crashed or had to be killed are named in ``processes.json``."""
+    if not state.get("state_dir"):
+        return
+    processes_file = Path(state["state_dir"], "processes.json")
+    for pid in (read_json(processes_file) or {}).values():
+        if alive(pid):
+            kill_pid(int(pid))
+    processes_file.unlink(missing_ok=True)
+
+
+SERVER = DetachedServer("Azure ML emulator", state_dir_for, _health, STOP_TIMEOUT_SECONDS, _kill_leftovers)
 
 
 @dataclass
-class Emulator:
+class Emulator(EmulatorHandle):
     """A handle on a running HTTPS emulator."""
+
+    _server = SERVER
 
     home: Path
     url: str
@@ -58,10 +90,6 @@ class Emulator:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
-
-    @property
-    def state_dir(self) -> Path:
-        return state_dir_for(self.home)
 
     @property
     def ca_bundle(self) -> str:
@@ -102,9 +130,6 @@ class Emulator:
             "enable_telemetry": False,
         }
 
-    def requests(self) -> list[dict[str, Any]]:
-        return RequestLog(self.state_dir / "requests.jsonl", tuple).entries()
-
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         return _control(self.url, self.ca_bundle, "POST", "/emulator/faults", faults)
 
@@ -115,79 +140,19 @@ class Emulator:
         """Endpoints, traffic and deployments with their ports and pids."""
         return _control(self.url, self.ca_bundle, "GET", "/emulator/state")
 
-    def stop(self) -> bool:
-        return stop(self.home)
-
 
 def in_process_kwargs(service: AzureMLService) -> dict[str, Any]:
     """Keyword arguments for ``MLClient(credential, **kwargs)`` answered in process by ``service``."""
     return service.ml_client_kwargs()
 
 
-def _control(
-    url: str, ca_bundle: str, method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 10
-) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    context = ssl.create_default_context(cafile=ca_bundle)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
-            return json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        raise RuntimeError(f"Emulator control {method} {path} failed: {e.code} {e.read().decode()}") from e
-
-
-def _health(url: str, ca_bundle: str) -> dict[str, Any] | None:
-    try:
-        return _control(url, ca_bundle, "GET", "/emulator/health", timeout=3)
-    except (OSError, RuntimeError, ValueError):
-        return None
-
-
-def _read_state(state_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((state_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
+def _handle(home: Path, state: dict[str, Any]) -> Emulator:
+    return Emulator(home, state["url"], state["pid"], state)
 
 
 def running(home: Path) -> Emulator | None:
     """The healthy emulator started earlier under ``home``, if any."""
-    home = Path(home).resolve()
-    state = _read_state(state_dir_for(home))
-    if not state or not _alive(state.get("pid")):
-        return None
-    health = _health(state["url"], state["ca_bundle"])
-    if not health or health.get("pid") != state["pid"]:
-        return None
-    return Emulator(home, state["url"], state["pid"], state)
-
-
-def _write_secret(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(value)
-    os.chmod(path, 0o600)
+    return SERVER.find(Path(home).resolve(), _handle)
 
 
 def start(
@@ -221,7 +186,6 @@ def start(
         return existing
     state_dir = state_dir_for(home)
     state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "state.json").unlink(missing_ok=True)
     port = port or free_port()
     command = [
         sys.executable,
@@ -251,80 +215,16 @@ def start(
         command += ["--aks-compute", compute]
     if blob_connection_string:
         secret_file = state_dir / "blob-connection-string"
-        _write_secret(secret_file, blob_connection_string)
+        write_secret(secret_file, blob_connection_string)
         command += ["--blob-connection-string-file", str(secret_file)]
     if scoring_launcher:
         command += ["--scoring-launcher", scoring_launcher]
     identity_file = state_dir / "identity-header"
-    _write_secret(identity_file, secrets.token_hex(16))
+    write_secret(identity_file, secrets.token_hex(16))
     command += ["--identity-header-file", str(identity_file)]
-    log_path = state_dir / "emulator.log"
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    _CHILDREN[process.pid] = process
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        state = _read_state(state_dir)
-        if state and state.get("pid") == process.pid:
-            health = _health(state["url"], state["ca_bundle"])
-            if health and health.get("pid") == process.pid:
-                return Emulator(home, state["url"], process.pid, state)
-        time.sleep(0.1)
-    if process.poll() is None:
-        _stop_pid(process.pid)
-    tail = log_path.read_text(errors="replace")[-4000:] if log_path.exists() else ""
-    reason = f"exited with code {process.returncode}" if process.returncode is not None else "did not answer"
-    raise RuntimeError(
-        f"Azure ML emulator for {home} {reason} within {timeout:.0f}s (port {port}); "
-        f"log {log_path} ends with:\n{tail}"
-    )
+    return SERVER.start(home, command, port, timeout, _handle)
 
 
 def stop(home: Path) -> bool:
     """Stop the emulator started under ``home`` and its scoring processes; True if one was running."""
-    state_dir = state_dir_for(Path(home).resolve())
-    state = _read_state(state_dir)
-    was_running = bool(state) and _alive(state.get("pid"))  # type: ignore[union-attr]
-    if was_running:
-        _stop_pid(state["pid"])  # type: ignore[index]
-    # Scoring processes of an emulator that crashed (a clean stop removed them already).
-    try:
-        leftovers = json.loads((state_dir / "processes.json").read_text())
-    except (OSError, ValueError):
-        leftovers = {}
-    for pid in leftovers.values():
-        if _alive(pid):
-            kill_pid(int(pid))
-    (state_dir / "processes.json").unlink(missing_ok=True)
-    (state_dir / "state.json").unlink(missing_ok=True)
-    return was_running
-
-
-def _stop_pid(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.1)
-    if _alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    child = _CHILDREN.pop(pid, None)
-    if child is not None:
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+    return SERVER.stop(home)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from emulators._state import read_jsonl
+
 SECRET_FIELD = re.compile(r"key|secret|password|token|credential|sas", re.IGNORECASE)
 # Field names that contain "key" but are not secrets (ARM and Azure ML vocabulary).
 NOT_SECRET_FIELDS = frozenset({"keyType", "authMode", "credentialsType", "secretsType", "keyVault"})
@@ -89,8 +91,4 @@ class RequestLog:
             out.write(line + "\n")
 
     def entries(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text().split("\n")
-        # The last element is "" after a complete line, or a line another process is still writing.
-        return [json.loads(line) for line in lines[:-1] if line.strip()]
+        return read_jsonl(self.path)

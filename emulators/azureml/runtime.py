@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -26,27 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from emulators._process import free_port
+from emulators._server import HOP_BY_HOP_HEADERS
 from emulators.azureml.blob import BlobStore, parse_blob_url, parse_datastore_uri
 from emulators.azureml.resources import ApiError
 
 LIVENESS_POLL_SECONDS = 0.1
 STOP_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_LINES = 50
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "authorization",
-    }
-)
+# Not forwarded to a scoring process nor back: the connection's own headers, and the caller's credential
+# (azureml-fe checks it and does not pass it on).
+HOP_BY_HOP = HOP_BY_HOP_HEADERS | {"host", "content-length", "authorization"}
 
 
 class ScoringLauncher(Protocol):
@@ -91,12 +80,6 @@ def load_launcher(spec: str) -> ScoringLauncher:
     if not module_name or not attribute:
         raise ValueError(f"Scoring launcher {spec!r} is not of the form 'package.module:function'")
     return getattr(importlib.import_module(module_name), attribute)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def iso_duration_seconds(value: Any, default: float) -> float:

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from emulators._process import spawn_in_session
 from mlrelease.serving.code_package import scoring_requirements
 
 log = logging.getLogger(__name__)
@@ -242,17 +243,7 @@ def start_scoring_process(
         worker_count,
     ]
     log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=code_dir,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_in_session(command, log_path, cwd=code_dir, env=environment)
     _LOG_PATHS[process] = log_path
     log.info(
         "Started the scoring server for %s (model %s) on http://%s:%d, pid %d, log %s",

@@ -8,18 +8,15 @@ bundle) once it answers, and on the way out stops every scoring process it start
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import signal
 import socket
 import ssl
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from emulators._server import LoopbackHandler, LoopbackHTTPServer, serve_until_signalled
 from emulators.azureml.runtime import ScoringLauncher
 from emulators.azureml.service import AzureMLService, WorkspaceConfig
 from emulators.azureml.tls import ensure_certificates
@@ -33,20 +30,13 @@ def state_dir_for(home: Path) -> Path:
     return Path(home) / "emulators" / "azureml"
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 300  # an idle keep-alive connection gives its thread back after this
+class Handler(LoopbackHandler):
+    max_request_bytes = MAX_REQUEST_BYTES
     server: EmulatorHTTPServer
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
-
     def _dispatch(self) -> None:
-        try:
-            body = self._read_body()
-        except ValueError as e:
-            self.send_error(413, str(e))
-            self.close_connection = True
+        body = self.read_body_or_refuse()
+        if body is None:
             return
         status, headers, payload = self.server.service.handle(
             self.command, self.path, {k: v for k, v in self.headers.items()}, body
@@ -58,34 +48,14 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and payload:
             self.wfile.write(payload)
 
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            raise ValueError(f"Request body of {length} bytes is larger than the emulator takes")
-        return self.rfile.read(length) if length else b""
-
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _dispatch
 
 
-class EmulatorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class EmulatorHTTPServer(LoopbackHTTPServer):
     def __init__(self, service: AzureMLService, port: int, context: ssl.SSLContext) -> None:
         self.service = service
         self.context = context
-        super().__init__(("127.0.0.1", port), Handler)
+        super().__init__(port, Handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         # Runs in the connection's thread: the TLS handshake happens here, not in accept().
@@ -127,17 +97,6 @@ def serve(
     if service.blob_store is not None:
         service.blob_store.ensure_container()
     httpd = EmulatorHTTPServer(service, port, context)
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("Signal %s: stopping", signum)
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    state_file = state_dir / "state.json"
     state = {
         "url": url,
         "host": "127.0.0.1",
@@ -153,19 +112,11 @@ def serve(
         "blob_container": config.blob_container,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_file)
-    log.info("Azure ML emulator serving %s (state %s)", url, state_dir)
-    try:
-        httpd.serve_forever(poll_interval=0.2)
-    finally:
+
+    def stop_scoring() -> None:
         log.info("Stopping: scoring processes first")
-        httpd.server_close()
         service.close()
-        try:
-            if json.loads(state_file.read_text()).get("pid") == os.getpid():
-                state_file.unlink()
-        except (OSError, ValueError) as e:
-            log.warning("Could not remove %s: %s", state_file, e)
-        log.info("Stopped")
+        (state_dir / "processes.json").unlink(missing_ok=True)  # none left for stop() to kill
+
+    log.info("Azure ML emulator serving %s (state %s)", url, state_dir)
+    serve_until_signalled(httpd, state_dir, state, stop_scoring)

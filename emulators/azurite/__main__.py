@@ -7,28 +7,21 @@ key); ``stop`` ends it; ``serve`` runs it in the foreground (what ``start`` laun
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
+from emulators._cli import command_line, log_to_stderr, run_stop
 from emulators.azurite.control import start, stop
 from emulators.azurite.install import AZURITE_VERSION, ensure_installed, node_executable
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.azurite", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("start", "stop", "serve"):
-        sub = commands.add_parser(name)
-        sub.add_argument("--home", type=Path, required=True, help="state goes to HOME/emulators/azurite")
-        if name != "stop":
-            sub.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
-        if name == "start":
-            sub.add_argument("--connection-string", action="store_true", help="print the connection string")
-        if name == "serve":
-            sub.add_argument("--node", default=None, help="the node executable (default: from PATH)")
-            sub.add_argument("--script", type=Path, default=None, help="Azurite's blob main.js")
+    parser, commands = command_line("azurite", __doc__)
+    commands["start"].add_argument(
+        "--connection-string", action="store_true", help="print the connection string"
+    )
+    commands["serve"].add_argument("--node", default=None, help="the node executable (default: from PATH)")
+    commands["serve"].add_argument("--script", type=Path, default=None, help="Azurite's blob main.js")
     args = parser.parse_args(argv)
 
     if args.command == "start":
@@ -36,14 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         print(emulator.connection_string if args.connection_string else emulator.blob_endpoint)
         return 0
     if args.command == "stop":
-        print("stopped" if stop(args.home) else "not running")
-        return 0
+        return run_stop(stop, args.home)
 
-    from emulators.azurite.server import free_port, serve
+    from emulators._process import free_port
+    from emulators.azurite.server import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_to_stderr()
     serve(
         args.home.resolve(),
         args.port or free_port(),

@@ -22,15 +22,16 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from emulators._process import free_port
+from emulators._server import HOP_BY_HOP_HEADERS, LoopbackHandler, LoopbackHTTPServer, serve_until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +53,7 @@ LOGGED_HEADERS = (
     "range",
     "x-ms-version",
 )
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-}
+HOP_BY_HOP = HOP_BY_HOP_HEADERS | {"trailers", "expect"}
 CONTENT_COMPS = {"appendblock", "block", "page"}
 MAX_TEXT_BODY_CHARS = 1000
 COPY_CHUNK_BYTES = 256 * 1024
@@ -73,12 +63,6 @@ UPSTREAM_START_TIMEOUT_SECONDS = 60.0
 
 def state_dir_for(home: Path) -> Path:
     return home / "emulators" / "azurite"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def mask_query(query: dict[str, Any]) -> dict[str, Any]:
@@ -144,27 +128,8 @@ class RequestLog:
             out.write(line + "\n")
 
 
-class ProxyHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 300  # an idle keep-alive connection gives its thread back after this
+class ProxyHandler(LoopbackHandler):
     server: ProxyServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
 
     def _dispatch(self) -> None:
         started = time.time()
@@ -172,7 +137,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             self._answer_health()
             return
         chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
-        body = self._read_body()
+        body = self.read_body()
         headers = {k.lower(): v for k, v in self.headers.items()}
         forward = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         upstream = http.client.HTTPConnection(
@@ -256,16 +221,12 @@ class ProxyHandler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = do_OPTIONS = _dispatch
 
 
-class ProxyServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class ProxyServer(LoopbackHTTPServer):
     def __init__(self, port: int, upstream_port: int, upstream_pid: int, request_log: RequestLog) -> None:
         self.upstream_port = upstream_port
         self.upstream_pid = upstream_pid
         self.request_log = request_log
-        super().__init__(("127.0.0.1", port), ProxyHandler)
+        super().__init__(port, ProxyHandler)
 
 
 def _die_with_parent() -> None:
@@ -308,7 +269,6 @@ def serve(home: Path, port: int, node: str, script: Path, version: str) -> None:
     state_dir = state_dir_for(home)
     data_dir = state_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    state_file = state_dir / "state.json"
     upstream_port = free_port()
     azurite_log = state_dir / "azurite.log"
     command = [
@@ -338,16 +298,6 @@ def serve(home: Path, port: int, node: str, script: Path, version: str) -> None:
     except BaseException:
         _stop_child(child)
         raise
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("Signal %s: stopping", signum)
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     state = {
         "pid": os.getpid(),
         "port": port,
@@ -359,16 +309,5 @@ def serve(home: Path, port: int, node: str, script: Path, version: str) -> None:
         "data_dir": str(data_dir),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_file)
     log.info("Azurite %s serving through http://127.0.0.1:%d (data %s)", version, port, data_dir)
-    try:
-        httpd.serve_forever(poll_interval=0.2)
-    finally:
-        httpd.server_close()
-        _stop_child(child)
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(state_file.read_text()).get("pid") == os.getpid():
-                state_file.unlink()
-        log.info("Stopped")
+    serve_until_signalled(httpd, state_dir, state, lambda: _stop_child(child))

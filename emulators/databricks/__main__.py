@@ -8,12 +8,11 @@ command line.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
+from emulators._cli import command_line, log_to_stderr, run_stop
 from emulators.databricks.control import DEFAULT_TOKEN, start, stop
 
 
@@ -24,15 +23,10 @@ def _token(token_file: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m emulators.databricks", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("start", "stop", "serve"):
-        sub = commands.add_parser(name)
-        sub.add_argument("--home", type=Path, required=True, help="state goes to HOME/emulators/databricks")
-        if name != "stop":
-            sub.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
-            sub.add_argument("--token-file", default=None, help="file holding the workspace token")
-            sub.add_argument("--spark-master", default="local[2]")
+    parser, commands = command_line("databricks", __doc__)
+    for sub in (commands["start"], commands["serve"]):
+        sub.add_argument("--token-file", default=None, help="file holding the workspace token")
+        sub.add_argument("--spark-master", default="local[2]")
     args = parser.parse_args(argv)
 
     if args.command == "start":
@@ -42,15 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         print(emulator.url)
         return 0
     if args.command == "stop":
-        print("stopped" if stop(args.home) else "not running")
-        return 0
+        return run_stop(stop, args.home)
 
-    from emulators.databricks.mlflow_backend import free_port
+    from emulators._process import free_port
     from emulators.databricks.server import serve
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    log_to_stderr()
     serve(args.home.resolve(), args.port or free_port(), _token(args.token_file), args.spark_master)
     return 0
 

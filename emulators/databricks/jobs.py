@@ -27,6 +27,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from emulators._process import kill_group, spawn_in_session
 from emulators.databricks.paths import PathError, WorkspaceTree
 from emulators.databricks.wire import ApiError
 
@@ -455,12 +456,12 @@ class RunRegistry:
             self.cond.notify_all()
 
     def _kill(self, run: Run, proc: subprocess.Popen) -> None:
-        _signal_group(proc.pid, signal.SIGTERM)
+        kill_group(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=CANCEL_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             log.warning("Run %s: process %s ignored SIGTERM for %ss, killing", run.run_id, proc.pid, 10)
-            _signal_group(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid, signal.SIGKILL)
 
     def shutdown(self, timeout: float = CANCEL_GRACE_SECONDS + 5) -> None:
         """Cancel every active run and wait for the processes to end (emulator stop)."""
@@ -472,7 +473,7 @@ class RunRegistry:
             thread.join(max(deadline - time.monotonic(), 0.1))
         with self.cond:
             for proc in self._procs.values():
-                _signal_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
 
     # ---- execution -----------------------------------------------------------------------------
 
@@ -641,16 +642,7 @@ class RunRegistry:
             if run.cancel_requested:
                 self._cancelled(run)
                 return
-            with self.driver_log(run).open("ab") as out:
-                proc = subprocess.Popen(
-                    command,
-                    cwd=self.run_dir(run),
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = spawn_in_session(command, self.driver_log(run), cwd=self.run_dir(run), env=env)
             self._procs[run.run_id] = proc
             run.pid = proc.pid
             run.command = command
@@ -670,7 +662,7 @@ class RunRegistry:
             self._kill(run, proc)
             code = proc.wait()
         # The driver's Python child shares the session: make sure nothing of the run outlives it.
-        _signal_group(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         with self.cond:
             self._procs.pop(run.run_id, None)
             run.exit_code = code
@@ -788,10 +780,3 @@ def python_error(log_text: str) -> tuple[str | None, str | None]:
         if line and not line[0].isspace():
             return line.strip(), "\n".join(lines[start : i + 1])
     return None, "\n".join(lines[start:])
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

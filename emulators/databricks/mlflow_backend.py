@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from emulators._process import free_port, kill_group, spawn_in_session
 from emulators.databricks.files import FilesApi
 from emulators.databricks.paths import PathError, WorkspaceTree
 from emulators.databricks.wire import ApiError, Request, Response, json_response
@@ -41,12 +41,6 @@ LIST_ARTIFACTS = "/api/2.0/mlflow/model-versions/list-artifacts"
 SIGNED_DOWNLOAD_URI = "/api/2.0/mlflow/model-versions/get-signed-download-uri"
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "content-encoding")
 PROXY_TIMEOUT_SECONDS = 120
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class MlflowBackend:
@@ -87,18 +81,8 @@ class MlflowBackend:
         # The server's background job runner (huey consumers, a process each) serves GenAI features the
         # emulator has no use for, and costs seconds and memory on a 2-core machine.
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        log_file = (self.state_dir / "mlflow.log").open("ab")
         log.info("Starting %s", " ".join(command))
-        self.process = subprocess.Popen(
-            command,
-            cwd=self.state_dir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
+        self.process = spawn_in_session(command, self.state_dir / "mlflow.log", cwd=self.state_dir, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -122,13 +106,13 @@ class MlflowBackend:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        _signal_group(self.process.pid, signal.SIGTERM)
+        kill_group(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
+            kill_group(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
-        _signal_group(self.process.pid, signal.SIGKILL)  # uvicorn workers left in the group, if any
+        kill_group(self.process.pid, signal.SIGKILL)  # uvicorn workers left in the group, if any
 
     # ---- routes --------------------------------------------------------------------------------
 
@@ -240,10 +224,3 @@ class MlflowBackend:
         return json_response(
             {"signed_uri": self.files.sign(self.tree.to_workspace_path(target)), "headers": []}
         )
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -19,15 +19,14 @@ import json
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from dataclasses import asdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from emulators._server import LoopbackHandler, LoopbackHTTPServer, serve_until_signalled
 from emulators.databricks.files import PRESIGNED_ROUTE, FilesApi
 from emulators.databricks.jobs import FORCEABLE_RESULTS, WORKSPACE_ORG_ID, Faults, RunRegistry
 from emulators.databricks.mlflow_backend import MlflowBackend
@@ -247,21 +246,14 @@ class Workspace:
         log.info("Faults now %s", asdict(self.faults))
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 300  # an idle keep-alive connection gives its thread back after this
+class Handler(LoopbackHandler):
+    max_request_bytes = MAX_REQUEST_BYTES
     server: EmulatorHTTPServer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.client_address[0], *args)
 
     def _dispatch(self) -> None:
         started = time.time()
-        try:
-            body = self._read_body()
-        except ValueError as e:
-            self.send_error(413, str(e))
-            self.close_connection = True
+        body = self.read_body_or_refuse()
+        if body is None:
             return
         target = urlsplit(self.path)
         query = {
@@ -293,55 +285,24 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD" and response.body:
             self.wfile.write(response.body)
 
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_REQUEST_BYTES:
-            raise ValueError(f"Request body of {length} bytes is larger than the emulator takes")
-        return self.rfile.read(length) if length else b""
-
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _dispatch
 
 
-class EmulatorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128  # MLflow and the SDK open many connections at once for parallel transfers
-
+class EmulatorHTTPServer(LoopbackHTTPServer):
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
-        super().__init__(("127.0.0.1", workspace.port), Handler)
+        super().__init__(workspace.port, Handler)
 
 
 def serve(home: Path, port: int, token: str, spark_master: str) -> None:
     """Run the emulator in the foreground until SIGTERM/SIGINT; write and remove ``state.json``."""
     workspace = Workspace(home, port, token, spark_master)
-    state_file = workspace.state_dir / "state.json"
     workspace.mlflow.start()
     try:
         httpd = EmulatorHTTPServer(workspace)
     except OSError:
         workspace.mlflow.stop()
         raise
-    stopping = threading.Event()
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            log.info("Signal %s: stopping", signum)
-            threading.Thread(target=httpd.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     state = {
         "url": workspace.url,
         "host": "127.0.0.1",
@@ -353,20 +314,11 @@ def serve(home: Path, port: int, token: str, spark_master: str) -> None:
         "state_dir": str(workspace.state_dir),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = state_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, state_file)
-    log.info("Databricks emulator serving %s (state %s)", workspace.url, workspace.state_dir)
-    try:
-        httpd.serve_forever(poll_interval=0.2)
-    finally:
+
+    def stop_runs_and_mlflow() -> None:
         log.info("Stopping: cancelling active runs, stopping mlflow server")
-        httpd.server_close()
         workspace.runs.shutdown()
         workspace.mlflow.stop()
-        try:
-            if json.loads(state_file.read_text()).get("pid") == os.getpid():
-                state_file.unlink()
-        except (OSError, ValueError):
-            pass
-        log.info("Stopped")
+
+    log.info("Databricks emulator serving %s (state %s)", workspace.url, workspace.state_dir)
+    serve_until_signalled(httpd, workspace.state_dir, state, stop_runs_and_mlflow)

@@ -19,6 +19,8 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from emulators._process import spawn_in_session
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,25 +37,16 @@ def start_scoring_process(
     environment["AZUREML_MODEL_DIR"] = str(model_dir)
     environment["PYTHONPATH"] = str(REPO_ROOT)
     environment["PYTHONDONTWRITEBYTECODE"] = "1"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with Path(log_path).open("ab") as output:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.emulators.azureml_scoring_standin",
-                "--script",
-                str(Path(code_dir) / scoring_script),
-                "--port",
-                str(port),
-            ],
-            cwd=code_dir,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [
+        sys.executable,
+        "-m",
+        "tests.emulators.azureml_scoring_standin",
+        "--script",
+        str(Path(code_dir) / scoring_script),
+        "--port",
+        str(port),
+    ]
+    return spawn_in_session(command, log_path, cwd=code_dir, env=environment)
 
 
 def _serve(script: Path, port: int) -> None:

@@ -149,4 +149,8 @@ def test_triggered_and_scheduled_runs_under_real_services(services):
     assert all("RELEASED income-classifier version" in text for text in promote_logs)
     assert any(status["prod"]["release_id"] in text for text in promote_logs)
     check_log = task_log_text(client, promoted[0], "check_test")
-    assert "pass holdout_parity" in check_log and "All 10 test endpoint checks passed" in check_log and "pass served_model" in check_log
+    assert (
+        "pass holdout_parity" in check_log
+        and "All 10 test endpoint checks passed" in check_log
+        and "pass served_model" in check_log
+    )

@@ -110,7 +110,8 @@ def test_roll_back_returns_to_a_previous_deployment_or_to_nothing(endpoints, tmp
     endpoints.deploy("test", spec(tmp_path, "1", lr_document()))
     previous = endpoints.restore_point("test")
     rollout = endpoints.deploy("test", spec(tmp_path, "2", lr_document(intercept=-5.0)))
-    assert endpoints.find("test", rollout.served) == rollout
+    assert endpoints.find("test", rollout.served).served == rollout.served
+    assert rollout.replacing.version == "1"  # what it took over from
     restored = endpoints.roll_back(rollout, previous)
     assert (restored.version, restored.release_id) == ("1", "rel-1")
     assert endpoints.find("test", rollout.served) is None
