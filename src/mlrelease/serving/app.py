@@ -36,7 +36,6 @@ import functools
 import ipaddress
 import json
 import logging
-import math
 import os
 import re
 import tempfile
@@ -70,6 +69,7 @@ from mlrelease.serving.core import (
     error_outcome,
     load_model,
     model_ref,
+    record_then_answer,
     refuse_headers,
     score_raw,
     too_large,
@@ -371,64 +371,18 @@ def create_app(endpoint: str, state_dir: Path, prediction_log: PredictionLog) ->
     ) -> Outcome:
         """Write the prediction log, then return what to answer: the outcome, or 503 if it was not logged."""
         ref = served.ref if served else ServedModelRef(None, None, None)
-        latency_ms = (time.perf_counter() - started) * 1000
-        request_id = outcome.body["request_id"]
-        for _attempt in range(3):
-            record = PredictionRecord(
-                request_id=request_id,
-                received_at=received_at,
-                endpoint=endpoint,
-                model_name=ref.name,
-                model_version=ref.version,
-                release_id=ref.release_id,
-                status=outcome.status,
-                latency_ms=latency_ms,
-                inputs=outcome.inputs,
-                outputs=outcome.outputs,
-                error=outcome.error,
-            )
-            try:
-                stored = prediction_log.append_prediction(record)
-            except Exception:
-                log.exception(
-                    "PREDICTION LOG WRITE FAILED for request_id=%s on endpoint %s: answering 503 instead of %d; "
-                    "check the audit store (%s)",
-                    request_id,
-                    endpoint,
-                    outcome.status,
-                    getattr(prediction_log, "path", type(prediction_log).__name__),
-                )
-                log_request(request_id, 503, outcome.n_records, ref.version, latency_ms)
-                return error_outcome(
-                    503,
-                    request_id,
-                    "prediction log unavailable",
-                    [
-                        {
-                            "field": "prediction_log",
-                            "error": "this request could not be recorded, so it was not served; retry later",
-                        }
-                    ],
-                )
-            # The log keeps the first record per request id; if that is not ours, the client reused an
-            # id and this request would go unrecorded: record and answer it under a fresh id instead.
-            if not isinstance(stored, PredictionRecord) or (
-                stored.received_at == received_at and math.isclose(stored.latency_ms, latency_ms)
-            ):
-                scope_state["request_id"] = request_id
-                log_request(request_id, outcome.status, outcome.n_records, ref.version, latency_ms)
-                return outcome
-            new_id = uuid.uuid4().hex
-            log.warning(
-                "request_id=%s is already in the prediction log; recording this request as %s",
-                request_id,
-                new_id,
-            )
-            request_id = new_id
-            outcome = outcome.with_request_id(new_id)
-        raise RuntimeError(
-            f"could not find an unused request id for the prediction log after 3 tries ({request_id})"
+        answer, latency_ms = record_then_answer(
+            prediction_log.append_prediction,
+            endpoint,
+            ref,
+            outcome,
+            received_at,
+            started,
+            str(getattr(prediction_log, "path", type(prediction_log).__name__)),
         )
+        scope_state["request_id"] = answer.body["request_id"]  # the response header names the logged id
+        log_request(answer.body["request_id"], answer.status, outcome.n_records, ref.version, latency_ms)
+        return answer
 
     def finish(
         scope_state: dict[str, Any],

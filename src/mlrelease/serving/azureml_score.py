@@ -38,7 +38,6 @@ imported there as a plain script, so it must only import what that package conta
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import time
@@ -57,6 +56,7 @@ from mlrelease.serving.core import (
     error_body,
     error_outcome,
     load_model,
+    record_then_answer,
     refuse_headers,
     score_raw,
     too_large,
@@ -457,62 +457,17 @@ def _score_and_record(
 
 def _record(serving: Serving, outcome: Outcome, received_at: str, started: float) -> Outcome:
     """Append the prediction log, then return what to answer: the outcome, or 503 if it was not recorded."""
-    ref = serving.ref
-    latency_ms = (time.perf_counter() - started) * 1000
-    request_id = outcome.body["request_id"]
-    for _attempt in range(3):
-        record = PredictionRecord(
-            request_id=request_id,
-            received_at=received_at,
-            endpoint=serving.endpoint,
-            model_name=ref.name,
-            model_version=ref.version,
-            release_id=ref.release_id,
-            status=outcome.status,
-            latency_ms=latency_ms,
-            inputs=outcome.inputs,
-            outputs=outcome.outputs,
-            error=outcome.error,
-        )
-        try:
-            stored = serving.prediction_log.append_prediction(record)
-        except Exception:
-            log.exception(
-                "PREDICTION LOG WRITE FAILED for request_id=%s on endpoint %s: answering 503 instead of %d; "
-                "check the audit store (%r)",
-                request_id,
-                serving.endpoint,
-                outcome.status,
-                serving.prediction_log,
-            )
-            _log_request(request_id, 503, outcome.n_records, ref.version, latency_ms)
-            return error_outcome(
-                503,
-                request_id,
-                "prediction log unavailable",
-                [
-                    {
-                        "field": "prediction_log",
-                        "error": "this request could not be recorded, so it was not served; retry later",
-                    }
-                ],
-            )
-        # The store keeps the first record per request id; if that is not ours, the client reused an
-        # id and this request would go unrecorded: record and answer it under a fresh id instead.
-        if not isinstance(stored, PredictionRecord) or (
-            stored.received_at == received_at and math.isclose(stored.latency_ms, latency_ms)
-        ):
-            _log_request(request_id, outcome.status, outcome.n_records, ref.version, latency_ms)
-            return outcome
-        new_id = uuid.uuid4().hex
-        log.warning(
-            "request_id=%s is already in the prediction log; recording this request as %s", request_id, new_id
-        )
-        request_id = new_id
-        outcome = outcome.with_request_id(new_id)
-    raise RuntimeError(
-        f"could not find an unused request id for the prediction log after 3 tries ({request_id})"
+    answer, latency_ms = record_then_answer(
+        serving.prediction_log.append_prediction,
+        serving.endpoint,
+        serving.ref,
+        outcome,
+        received_at,
+        started,
+        repr(serving.prediction_log),
     )
+    _log_request(answer.body["request_id"], answer.status, outcome.n_records, serving.ref.version, latency_ms)
+    return answer
 
 
 def _log_request(

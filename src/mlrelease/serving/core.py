@@ -12,18 +12,25 @@ finite probability before it may serve, whichever front end loads it.
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlrelease.domain.payload import EXAMPLE_RECORD, MAX_BODY_BYTES, MAX_RECORDS, FieldError, validate_payload
+from mlrelease.domain.records import PredictionRecord
 from mlrelease.domain.served import ServedModelRef
 from mlrelease.hashing import sha256_file
 from mlrelease.serving.portable import PortableModel
 
 INVALID_REQUEST = "invalid request"
+RECORD_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -269,3 +276,73 @@ def model_ref(
     """A :class:`ServedModelRef` from ``{"name", "version"}``; versions are strings, as in the registries."""
     model = model or {}
     return ServedModelRef(model.get("name"), model.get("version"), release_id, artifact_sha256)
+
+
+def record_then_answer(
+    append_prediction: Callable[[PredictionRecord], Any],
+    endpoint: str,
+    ref: ServedModelRef,
+    outcome: Outcome,
+    received_at: str,
+    started: float,
+    store: str,
+) -> tuple[Outcome, float]:
+    """Record the request in the prediction log, then say what to answer: ``(answer, latency_ms)``.
+
+    The rule of both front ends: nothing is answered that is not recorded. If the append fails the
+    answer is a 503 (and no prediction). The log keeps the first record per request id; if the stored
+    one is not ours, the client reused an id and this request would go unrecorded, so it is recorded
+    and answered under a fresh id instead. ``store`` names the log in the error line.
+    """
+    latency_ms = (time.perf_counter() - started) * 1000
+    request_id = outcome.body["request_id"]
+    for _attempt in range(RECORD_ATTEMPTS):
+        record = PredictionRecord(
+            request_id=request_id,
+            received_at=received_at,
+            endpoint=endpoint,
+            model_name=ref.name,
+            model_version=ref.version,
+            release_id=ref.release_id,
+            status=outcome.status,
+            latency_ms=latency_ms,
+            inputs=outcome.inputs,
+            outputs=outcome.outputs,
+            error=outcome.error,
+        )
+        try:
+            stored = append_prediction(record)
+        except Exception:
+            log.exception(
+                "PREDICTION LOG WRITE FAILED for request_id=%s on endpoint %s: answering 503 instead of %d; "
+                "check the audit store (%s)",
+                request_id,
+                endpoint,
+                outcome.status,
+                store,
+            )
+            unavailable = error_outcome(
+                503,
+                request_id,
+                "prediction log unavailable",
+                [
+                    {
+                        "field": "prediction_log",
+                        "error": "this request could not be recorded, so it was not served; retry later",
+                    }
+                ],
+            )
+            return unavailable, latency_ms
+        if not isinstance(stored, PredictionRecord) or (
+            stored.received_at == received_at and math.isclose(stored.latency_ms, latency_ms)
+        ):
+            return outcome, latency_ms
+        new_id = uuid.uuid4().hex
+        log.warning(
+            "request_id=%s is already in the prediction log; recording this request as %s", request_id, new_id
+        )
+        request_id = new_id
+        outcome = outcome.with_request_id(new_id)
+    raise RuntimeError(
+        f"could not find an unused request id for the prediction log after {RECORD_ATTEMPTS} tries ({request_id})"
+    )
