@@ -20,6 +20,7 @@ from mlrelease.settings import load_settings
 def _backends(settings):
     """Local backends directly; Azure ones with credentials from the Airflow connections, like a task."""
     import contextlib
+    import logging
 
     from mlrelease.airflow.connections import task_backends, uses_azure
     from mlrelease.backends import get_backends
@@ -28,6 +29,9 @@ def _backends(settings):
         return get_backends(settings)
     # Reading the connections logs which workspace and storage it found: on stderr, so that stdout
     # stays the command's answer (``status --json`` is parsed by scripts).
+    # azure-identity and azure-core log every token and request at INFO: noise in a person's shell.
+    for name in ("azure", "azure.identity", "azure.core"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     with contextlib.redirect_stdout(sys.stderr):
         return task_backends(settings)
 
