@@ -18,6 +18,7 @@ from mlrelease.domain.gate import PROD_ALIAS
 from mlrelease.domain.release import (
     ALIAS_MOVED,
     DEPLOYMENT,
+    DEPLOYMENT_FAILED,
     ENDPOINT_CHECKS,
     RELEASE,
     RELEASE_STARTED,
@@ -87,6 +88,8 @@ def release_story(backends: Backends, release_id: str) -> dict[str, Any]:
         status = "stopped at test (test endpoint checks failed)"
     elif deployments:
         status = "deployed to test, not promoted"
+    elif any(e.kind == DEPLOYMENT_FAILED for e in events):
+        status = "stopped at test (the deployment failed)"
     else:
         status = "started"
     return {
@@ -104,6 +107,9 @@ def release_story(backends: Backends, release_id: str) -> dict[str, Any]:
         "deployments": deployments,
         "checks": checks,
         "rollbacks": [e.payload for e in events if e.kind == ROLLBACK],
+        "failed_deployments": [
+            {**e.payload, "at": e.recorded_at} for e in events if e.kind == DEPLOYMENT_FAILED
+        ],
         "events": [{"seq": e.seq, "kind": e.kind, "at": e.recorded_at} for e in events],
     }
 
@@ -232,9 +238,17 @@ def release_in_words(release: dict[str, Any]) -> str:
             f"  deployed to {deployment['endpoint']} ({deployment['url']}) at {deployment['at']}, replacing "
             f"{('version ' + str(previous.get('version'))) if previous else 'nothing'}"
         )
+    for failed in release.get("failed_deployments", []):
+        lines.append(
+            f"  DEPLOYMENT FAILED on {failed['endpoint']} ({failed.get('deployment') or 'in place'}) at "
+            f"{failed['at']}: {failed['reason']}"
+        )
     lines += _checks_line(release["checks"])
     for rollback in release["rollbacks"]:
-        lines.append(f"  ROLLED BACK prod to {rollback.get('restored') or 'nothing'}: {rollback['failed']}")
+        where = rollback.get("endpoint", "prod")
+        lines.append(
+            f"  ROLLED BACK {where} to {rollback.get('restored') or 'nothing'}: {rollback['failed']}"
+        )
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ from mlrelease.domain.records import AuditEvent
 from mlrelease.domain.release import (
     ALIAS_MOVED,
     DEPLOYMENT,
+    DEPLOYMENT_FAILED,
     ENDPOINT_CHECKS,
     RELEASE,
     RELEASE_STARTED,
@@ -137,8 +138,25 @@ def begin_deploy(
 def complete_deploy(
     backends: Backends, release: Release, endpoint: str, rollout: Rollout, state: DeploymentState
 ) -> Rollout:
-    """After provisioning: record the deployment, or raise EndpointError (traffic unchanged)."""
-    rollout = backends.endpoints.finish_deploy(rollout, state)
+    """After provisioning: record the deployment, or record the failure and raise EndpointError (traffic
+    unchanged)."""
+    try:
+        rollout = backends.endpoints.finish_deploy(rollout, state)
+    except EndpointError as error:
+        backends.audit.append(
+            event_key=f"deploy-failed:{endpoint}:{release.release_id}:try{release.run.try_number}",
+            kind=DEPLOYMENT_FAILED,
+            subject=release.release_id,
+            payload={
+                "endpoint": endpoint,
+                "deployment": rollout.deployment,
+                "version": release.version,
+                "reason": str(error),
+                "serving": rollout.replacing and rollout.replacing.brief(),
+                "run_id": release.run.run_id,
+            },
+        )
+        raise
     url = backends.endpoints.url(endpoint)
     backends.audit.append(
         event_key=f"deploy:{endpoint}:{release.release_id}",
@@ -228,7 +246,20 @@ def check_test(backends: Backends, settings: Settings, release: Release) -> Chec
     rollout = _rollout(backends, release, TEST)
     report = run_checks(backends, settings, release, TEST, rollout)
     if report.passed and not rollout.live:
-        served = backends.endpoints.cut_over(rollout)
+        try:
+            served = backends.endpoints.cut_over(rollout)
+        except EndpointError as error:
+            backends.audit.append(
+                f"rollback:{TEST}:{release.release_id}:try{release.run.try_number}",
+                ROLLBACK,
+                release.release_id,
+                {
+                    "endpoint": TEST,
+                    "restored": rollout.replacing and rollout.replacing.brief(),
+                    "failed": str(error),
+                },
+            )
+            raise
         retired = backends.endpoints.retire(rollout)
         log.info(
             "The test endpoint's traffic now goes to %s; removed: %s", served.describe(), retired or "nothing"

@@ -194,6 +194,24 @@ def test_a_deployment_that_fails_provisioning_leaves_prod_serving(cloud, first_r
     assert record.payload["outcome"] == "prod deployment failed"
 
 
+def test_a_failed_test_deployment_is_recorded_and_test_keeps_serving(cloud, first_release):
+    from mlrelease import releasing
+    from mlrelease.backends.base import EndpointError
+
+    backends, _ = backends_and_settings()
+    before = deployments(cloud, "income-test")
+    release = a_release("test-provisioning-fails")
+    cloud["emulators"].azureml.set_faults(fail_next_provisioning="quota exceeded for instance type")
+    with pytest.raises(EndpointError, match="ended Failed"):
+        releasing.deploy(backends, release, releasing.TEST)
+    after = deployments(cloud, "income-test")
+    assert after["traffic"] == before["traffic"] and set(after["deployments"]) == set(before["deployments"])
+    [failed] = backends.audit.events(kind="deployment_failed", subject=release.release_id)
+    assert failed.payload["endpoint"] == "test" and "ended Failed" in failed.payload["reason"]
+    story = run(cloud, str(BIN / "mlrelease"), "audit", "release", release.release_id).stdout
+    assert "stopped at test (the deployment failed)" in story and "DEPLOYMENT FAILED on test" in story
+
+
 def test_failing_checks_on_the_new_deployment_keep_traffic_on_the_old_one(cloud, first_release):
     from mlrelease import releasing
     from mlrelease.backends.azure.aks import deployment_name

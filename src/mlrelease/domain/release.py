@@ -42,6 +42,7 @@ class ReleaseOutcome(StrEnum):
 
 # Audit event kinds of the release half (the subject of each is the release id).
 DEPLOYMENT = "deployment"
+DEPLOYMENT_FAILED = "deployment_failed"
 ENDPOINT_CHECKS = "endpoint_checks"
 RELEASE_STARTED = "release_started"
 RELEASE = "release"
