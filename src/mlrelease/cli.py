@@ -68,7 +68,8 @@ def _status(args: argparse.Namespace) -> int:
         if state["version"]:
             print(
                 f"{name:5} {state['url']}  serves {state['model']} version {state['version']} "
-                f"(release {state['release_id']}, since {state['since']})"
+                f"(release {state['release_id']}"
+                + (f", since {state['since']})" if state.get("since") else ")")
             )
         else:
             print(f"{name:5} {state['url']}  {'up, serving nothing' if state['up'] else 'down'}")
