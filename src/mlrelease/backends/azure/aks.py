@@ -179,7 +179,10 @@ class AksEndpoints:
         with tempfile.TemporaryDirectory(prefix="mlrelease-code-") as tmp:
             code_dir = build_scoring_code(Path(tmp) / "code")
             path = self.workspace.put_once("code", code_dir)
-        version = path.rstrip("/").rsplit("/", 1)[-1][:16]
+        version = path.rstrip("/").rsplit("/", 1)[-1][:16]  # the snapshot's digest: same code, same asset
+        # MLClient has no public code operations; its _code is the one way to register a code asset by
+        # datastore URI (CodeConfiguration(code="azureml://...") fails the SDK's version parsing, and a
+        # local path would make the SDK upload through storage clients outside its pipeline).
         try:
             return self.ml._code.get(CODE_NAME, version).id
         except ResourceNotFoundError:
