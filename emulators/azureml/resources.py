@@ -247,12 +247,7 @@ def asset_version(
 
 def model_properties(body: dict[str, Any]) -> dict[str, Any]:
     """What the service stores for a model version: the request plus the fields it fills."""
-    properties = dict(body)
-    properties.setdefault("description", None)
-    properties["tags"] = properties.get("tags") or {}
-    properties["properties"] = properties.get("properties") or {}
-    properties.setdefault("isArchived", False)
-    properties.setdefault("isAnonymous", False)
+    properties = _asset_properties(body)
     properties["flavors"] = properties.get("flavors") or {}
     properties.setdefault("modelType", "custom_model")
     properties.setdefault("jobName", None)
@@ -261,24 +256,25 @@ def model_properties(body: dict[str, Any]) -> dict[str, Any]:
     return properties
 
 
-def code_properties(body: dict[str, Any]) -> dict[str, Any]:
+def _asset_properties(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields the service fills in on every versioned asset (model, code, environment)."""
     properties = dict(body)
     properties.setdefault("description", None)
     properties["tags"] = properties.get("tags") or {}
     properties["properties"] = properties.get("properties") or {}
     properties.setdefault("isArchived", False)
     properties.setdefault("isAnonymous", False)
+    return properties
+
+
+def code_properties(body: dict[str, Any]) -> dict[str, Any]:
+    properties = _asset_properties(body)
     properties["provisioningState"] = "Succeeded"
     return properties
 
 
 def environment_properties(body: dict[str, Any]) -> dict[str, Any]:
-    properties = dict(body)
-    properties.setdefault("description", None)
-    properties["tags"] = properties.get("tags") or {}
-    properties["properties"] = properties.get("properties") or {}
-    properties.setdefault("isArchived", False)
-    properties.setdefault("isAnonymous", False)
+    properties = _asset_properties(body)
     properties.setdefault("osType", "Linux")
     properties.setdefault("autoRebuild", "Disabled")
     properties["environmentType"] = "UserCreated"

@@ -67,6 +67,7 @@ from mlrelease.serving.core import (
     Outcome,
     error_body,
     error_outcome,
+    internal_error,
     load_model,
     model_ref,
     record_then_answer,
@@ -401,17 +402,7 @@ def create_app(endpoint: str, state_dir: Path, prediction_log: PredictionLog) ->
                 )
         except Exception:
             log.exception("Internal error scoring request_id=%s on endpoint %s", request_id, endpoint)
-            outcome = error_outcome(
-                500,
-                request_id,
-                "internal error",
-                [
-                    {
-                        "field": "server",
-                        "error": f"unexpected error; the server log has the details under request id {request_id}",
-                    }
-                ],
-            )
+            outcome = internal_error(request_id)
         return record_and_answer(scope_state, outcome, served, received_at, started)
 
     @app.post("/score")

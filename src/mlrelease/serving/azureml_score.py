@@ -55,6 +55,7 @@ from mlrelease.serving.core import (
     Outcome,
     error_body,
     error_outcome,
+    internal_error,
     load_model,
     record_then_answer,
     refuse_headers,
@@ -441,17 +442,7 @@ def _score_and_record(
             outcome = score_raw(raw, serving.model, serving.ref, request_id)
         except Exception:
             log.exception("Internal error scoring request_id=%s on endpoint %s", request_id, serving.endpoint)
-            outcome = error_outcome(
-                500,
-                request_id,
-                "internal error",
-                [
-                    {
-                        "field": "server",
-                        "error": f"unexpected error; the server log has the details under request id {request_id}",
-                    }
-                ],
-            )
+            outcome = internal_error(request_id)
     return _record(serving, outcome, received_at, started)
 
 

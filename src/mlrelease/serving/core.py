@@ -69,6 +69,21 @@ def error_outcome(
     return Outcome(status, error_body(request_id, error, details), inputs=inputs)
 
 
+def internal_error(request_id: str) -> Outcome:
+    """The 500 both front ends answer for a bug while scoring (the details stay in the server log)."""
+    return error_outcome(
+        500,
+        request_id,
+        "internal error",
+        [
+            {
+                "field": "server",
+                "error": f"unexpected error; the server log has the details under request id {request_id}",
+            }
+        ],
+    )
+
+
 def is_json_media_type(content_type: str) -> bool:
     media_type = content_type.split(";", 1)[0].strip().lower()
     return media_type == "application/json" or (

@@ -224,6 +224,8 @@ class AksEndpoints:
         )
         from azure.core.exceptions import HttpResponseError
 
+        from mlrelease.serving import azureml_score as script  # the variables it reads are its contract
+
         served = spec.served
         name = deployment_name(served)
         self._endpoint(endpoint)
@@ -253,10 +255,10 @@ class AksEndpoints:
                 limits=ResourceSettings(cpu=self.settings.cpu_limit, memory=self.settings.memory_limit),
             ),
             environment_variables={
-                "MLRELEASE_MODEL_NAME": str(served.name),
-                "MLRELEASE_MODEL_VERSION": str(served.version),
-                "MLRELEASE_RELEASE_ID": str(served.release_id),
-                "MLRELEASE_ENDPOINT": endpoint,
+                script.ENV_MODEL_NAME: str(served.name),
+                script.ENV_MODEL_VERSION: str(served.version),
+                script.ENV_RELEASE_ID: str(served.release_id),
+                script.ENV_ENDPOINT: endpoint,
                 **self.scoring_env,
             },
             tags={

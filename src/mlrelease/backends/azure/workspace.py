@@ -179,9 +179,11 @@ class AzureAccess:
     def scoring_env(self, container: str, account_url: str | None) -> dict[str, str]:
         """How a scoring container reaches the prediction log: its managed identity, or Azurite's
         public development key when the storage is the emulator."""
-        env = {"MLRELEASE_PREDICTION_LOG": "blob", "MLRELEASE_AUDIT_CONTAINER": container}
+        from mlrelease.serving import azureml_score as script  # the variables it reads are its contract
+
+        env = {script.ENV_PREDICTION_LOG: "blob", script.ENV_AUDIT_CONTAINER: container}
         if self.blob_connection_string and AZURITE_ACCOUNT in self.blob_connection_string:
-            env["MLRELEASE_AUDIT_BLOB_CONNECTION_STRING"] = self.blob_connection_string
+            env[script.ENV_AUDIT_CONNECTION_STRING] = self.blob_connection_string
         else:
-            env["MLRELEASE_AUDIT_BLOB_ACCOUNT_URL"] = account_url or self.blob_service().url
+            env[script.ENV_AUDIT_ACCOUNT_URL] = account_url or self.blob_service().url
         return env
